@@ -1,0 +1,44 @@
+# Two commands on a fresh machine:  make repro  and  make test
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install repro test test-fast bench lint mlflow-ui clean
+.DEFAULT_GOAL := help
+
+help:  ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install the pinned dependencies
+
+repro: $(STAMP)  ## Run the whole pipeline on the offline default (dvc repro)
+	PIPELINE_RUN_GROUP=repro-$$(date -u +%Y%m%dT%H%M%SZ) $(BIN)/dvc repro
+
+test: $(STAMP)  ## Run the test suite
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## Only the fast tests (no training, no servers)
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP)  ## Measure speed (benchmarks/, figures go into the README)
+	$(BIN)/python -m benchmarks.run
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check .
+
+mlflow-ui: $(STAMP)  ## Browse the runs at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## Remove generated outputs (not .venv, not the MLflow store)
+	rm -rf data/raw data/prepared models reports .cache
+
+-include mk/*.mk

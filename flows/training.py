@@ -1,0 +1,176 @@
+"""The Prefect flow: the same stages as `dvc repro`, as tasks over the same `pipeline` functions.
+
+    python -m flows.training                      # one run, locally
+    python -m flows.training --dask tcp://host:8786  # variants on a Dask cluster
+
+One source of truth with DVC: before each stage the flow asks DVC whether the stage is up to date
+(its deps, params and outs hashes, exactly what `dvc repro` checks) and skips it if so; after the
+run it records what it produced with `dvc commit`, so `dvc status` is clean and a following
+`dvc repro` does nothing. The flow never runs the DVC stage commands itself, so its tasks can go to
+Dask workers as plain Python calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from flows import dvc_sync
+from pipeline.compare import write_leaderboard
+from pipeline.config import PipelineConfig, load_params
+from pipeline.evaluate import run_evaluation
+from pipeline.ingest import run_ingest
+from pipeline.prepare import run_prepare
+from pipeline.register import register_best
+from pipeline.train import run_training
+
+# Retries only where I/O can fail for a moment: a download (ingest from keras.datasets) and the
+# tracking server / registry (evaluate logs to MLflow; registering is idempotent per run id).
+# Training is never retried silently: a failed fit fails the flow run.
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5)}
+
+
+@task(name="ingest", **IO_RETRIES)
+def ingest_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
+    return run_ingest(config, root)
+
+
+@task(name="prepare")
+def prepare_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
+    return run_prepare(config, root)
+
+
+@task(name="train", task_run_name="train-{variant}")
+def train_task(config: PipelineConfig, variant: str, root: Path, flow_run_id: str) -> dict[str, Any]:
+    return run_training(config, variant, root, extra_tags={"prefect_flow_run_id": flow_run_id})
+
+
+@task(name="evaluate", task_run_name="evaluate-{variant}", **IO_RETRIES)
+def evaluate_task(config: PipelineConfig, variant: str, root: Path) -> dict[str, float]:
+    return run_evaluation(config, variant, root)
+
+
+@task(name="compare")
+def compare_task(config: PipelineConfig, root: Path) -> list[dict[str, Any]]:
+    return write_leaderboard(config, root).to_dict(orient="records")
+
+
+@task(name="register", **IO_RETRIES)
+def register_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
+    return register_best(config, root)
+
+
+def task_runner(dask_address: str | None, local_workers: int) -> Any:
+    """Local threads by default; a Dask cluster when an address is given (prefect-dask)."""
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    # One local worker by default: TensorFlow already uses every core for one fit, and Keras'
+    # random seeds are process-global, so parallel fits in one process would not be reproducible.
+    return ThreadPoolTaskRunner(max_workers=local_workers)
+
+
+@flow(name="train-cnn-variants", log_prints=True)
+def training_flow(params_file: str = "params.yaml", root: str = ".", variants: list[str] | None = None,
+                  overrides: dict[str, Any] | None = None, force: bool = False,
+                  dask_address: str | None = None, local_workers: int = 1) -> dict[str, Any]:
+    """ingest -> prepare -> train each variant -> evaluate each -> compare -> register.
+
+    Args:
+        params_file: the params file, validated like `dvc repro` does.
+        root: the project directory (a DVC repository).
+        variants: train only these (default: every variant in the params file).
+        overrides: dotted params to change for this run, e.g. {"train.epochs": 1}. Outputs made with
+            overrides are not committed to DVC (dvc.lock would claim the file's values).
+        force: rerun stages even when DVC says they are up to date.
+        dask_address: a Dask scheduler (`tcp://host:8786`) to train and evaluate the variants on;
+            default: $PIPELINE_DASK_ADDRESS, and without it local threads.
+        local_workers: concurrent local tasks when no Dask scheduler is used.
+
+    Returns:
+        The leaderboard rows and the registry decision.
+    """
+    logger = get_run_logger()
+    project = Path(root).resolve()
+    config = load_params(project / params_file, overrides=overrides)
+    chosen = variants or list(config.models)
+    for variant in chosen:
+        config.variant(variant)  # unknown names fail here, before any work
+    if set(chosen) != set(config.models):
+        config = config.model_copy(update={"models": {name: config.models[name] for name in chosen}})
+    use_dvc = not overrides and params_file == "params.yaml" and not variants
+    os.environ.setdefault("PIPELINE_RUN_GROUP", f"prefect-{flow_run.id}")
+
+    def stale(stage: str) -> bool:
+        return force or not use_dvc or not dvc_sync.up_to_date(project, stage)
+
+    if stale("ingest"):
+        ingest_task(config, project)
+    if stale("prepare"):
+        prepare_task(config, project)
+    # The per-variant fan-out goes through the task runner: threads here, or Dask workers.
+    with task_runner(dask_address or os.environ.get("PIPELINE_DASK_ADDRESS"), local_workers) as runner:
+        trained = [runner.submit(train_task, {"config": config, "variant": variant, "root": project,
+                                              "flow_run_id": str(flow_run.id)})
+                   for variant in chosen if stale(f"train@{variant}")]
+        for future in trained:
+            future.result()  # a failed fit fails the flow here, with its traceback in the task run
+        evaluated = [runner.submit(evaluate_task, {"config": config, "variant": variant, "root": project})
+                     for variant in chosen if stale(f"evaluate@{variant}")]
+        for future in evaluated:
+            future.result()
+    rows = compare_task(config, project)
+    decision = register_task(config, project) if (trained or stale("register")) else dvc_sync.last_decision(project)
+    if use_dvc:
+        dvc_sync.commit(project)
+    else:
+        logger.warning("Ran with overrides or a subset of variants: outputs are not committed to DVC.")
+    publish_artifacts(rows, decision, project, config)
+    return {"leaderboard": rows, "registry": decision}
+
+
+def publish_artifacts(rows: list[dict[str, Any]], decision: dict[str, Any] | None, root: Path,
+                      config: PipelineConfig) -> None:
+    """The leaderboard as a table artifact and a markdown report of the run."""
+    from pipeline.tracking import run_url
+
+    create_table_artifact(table=rows, key="leaderboard", description="Variants ranked on validation accuracy")
+    lines = ["# Training report", "", "| variant | val acc | test acc | params | MLflow run | error gallery |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        run = dvc_sync.read_run(root, row["variant"])
+        link = f"[run]({run_url(root, config.mlflow.experiment_name, run['run_id'])})" if run else "-"
+        gallery = (root / "reports" / row["variant"] / "error_gallery.png").as_uri()
+        lines.append(f"| {row['variant']} | {row['val_accuracy']:.4f} | {row['test_accuracy']:.4f} | "
+                     f"{row['params']:,} | {link} | [gallery]({gallery}) |")
+    if decision:
+        lines += ["", f"**Registry:** {decision['model_name']} v{decision['version']} ({decision['variant']}): "
+                  f"{'promoted to champion' if decision['promoted'] else 'stays challenger'}, {decision['reason']}."]
+    create_markdown_artifact(markdown="\n".join(lines) + "\n", key="training-report",
+                             description="Metrics, gate decision and links of this flow run")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the training flow once.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--root", default=".")
+    parser.add_argument("--dask", default=os.environ.get("PIPELINE_DASK_ADDRESS"),
+                        help="Dask scheduler address (default: $PIPELINE_DASK_ADDRESS; none = local)")
+    parser.add_argument("--workers", type=int, default=1, help="local concurrent tasks (no --dask)")
+    parser.add_argument("--force", action="store_true")
+    arguments = parser.parse_args()
+    training_flow(params_file=arguments.params, root=arguments.root, force=arguments.force,
+                  dask_address=arguments.dask, local_workers=arguments.workers)
+
+
+if __name__ == "__main__":
+    main()

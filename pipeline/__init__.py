@@ -1,0 +1,1 @@
+"""A reproducible, tracked pipeline for the convolutional image classifiers of the seed notebooks."""

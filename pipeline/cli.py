@@ -1,0 +1,152 @@
+"""Command line: one command per stage (the `cmd:` of each DVC stage), also usable from Python.
+
+    python -m pipeline --help
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.config import PipelineConfig, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="CNN image-classifier pipeline: ingest -> prepare -> train -> evaluate -> compare -> register.")
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
+RootOption = Annotated[Path, typer.Option("--root", help="Project directory (data/, models/, reports/).")]
+
+
+def _clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected failures (bad params, bad data, tracking server down) print one message, exit 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pipeline.config import ParamsError
+        from pipeline.sources import DataError
+        from pipeline.tracking import TrackingError
+
+        try:
+            return command(*args, **kwargs)
+        except (ParamsError, DataError, TrackingError, FileNotFoundError, ValueError) as error:
+            if os.environ.get("PIPELINE_DEBUG"):
+                raise
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _config(params: Path) -> PipelineConfig:
+    return load_params(params)
+
+
+@app.command()
+@_clear_errors
+def ingest(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Read the configured source, validate it, write data/raw/ and reports/data/."""
+    from pipeline.ingest import run_ingest
+
+    report = run_ingest(_config(params), root)
+    for warning in report["warnings"]:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    sizes = ", ".join(f"{split} {info['images']}" for split, info in report["splits"].items())
+    typer.echo(f"ingested {report['source']}: {sizes} images of {report['image_shape']}")
+
+
+@app.command()
+@_clear_errors
+def prepare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Normalise to float32 [0, 1], split train/val/test, check leakage; write data/prepared/."""
+    from pipeline.prepare import run_prepare
+
+    report = run_prepare(_config(params), root)
+    typer.echo(f"prepared {report['sizes']} (duplicates across splits: {report['duplicates']})")
+
+
+@app.command()
+@_clear_errors
+def train(variant: Annotated[str, typer.Argument(help="A key of `models` in the params file.")],
+          params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+          track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True) -> None:
+    """Train one variant (resumes an interrupted run); write models/<variant>/ and an MLflow run."""
+    from pipeline.train import run_training
+
+    config = _config(params)
+    config.variant(variant)
+    info = run_training(config, variant, root, track=track)
+    typer.echo(f"trained {variant}: {info['params']:,} parameters, best val_accuracy "
+               f"{info['best_val_accuracy']:.4f}, {info['train_seconds']:.1f}s"
+               + (f", MLflow run {info['run_id']}" if track else ""))
+
+
+@app.command()
+@_clear_errors
+def evaluate(variant: Annotated[str, typer.Argument(help="A key of `models` in the params file.")],
+             params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+             track: Annotated[bool, typer.Option(help="Add metrics and pictures to the MLflow run.")] = True) -> None:
+    """Score one trained variant on the test split; write reports/<variant>/."""
+    from pipeline.evaluate import run_evaluation
+
+    metrics = run_evaluation(_config(params), variant, root, track=track)
+    typer.echo(f"evaluated {variant}: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
+               f"{metrics['errors']} mistakes")
+
+
+@app.command()
+@_clear_errors
+def compare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Rank every variant (reports/leaderboard.md and .csv)."""
+    from pipeline.compare import write_leaderboard
+
+    table = write_leaderboard(_config(params), root)
+    typer.echo(table.to_string(index=False))
+
+
+@app.command()
+@_clear_errors
+def register(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Register the best variant (validation accuracy) and promote it through the gate."""
+    from pipeline.register import register_best
+
+    decision = register_best(_config(params), root)
+    typer.echo(f"registered {decision['model_name']} v{decision['version']} ({decision['variant']}): "
+               f"{'PROMOTED to champion' if decision['promoted'] else 'stays challenger'} - {decision['reason']}")
+
+
+@app.command()
+@_clear_errors
+def rollback(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Move the `champion` alias back to the previous champion version."""
+    from pipeline.register import rollback_champion
+
+    config = _config(params)
+    result = rollback_champion(config, root)
+    typer.echo(f"{config.register.model_name}: champion moved from v{result['from']} back to v{result['to']}")
+
+
+@app.command()
+@_clear_errors
+def predict(folder: Annotated[Path, typer.Argument(help="A folder of PNG/JPEG images.")],
+            params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+            model_uri: Annotated[str | None, typer.Option(help="Default: models:/<name>@champion.")] = None) -> None:
+    """Classify a folder of images with the champion model; print file, class, probability."""
+    import pandas as pd
+
+    from pipeline.predict import predict_folder
+
+    table: pd.DataFrame = predict_folder(_config(params), folder, root, model_uri)
+    typer.echo(table.to_string(index=False))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

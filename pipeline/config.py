@@ -1,0 +1,327 @@
+"""params.yaml, parsed once into frozen, validated models.
+
+Every stage reads its settings from here. A wrong key, a wrong type or an impossible value
+fails in `load_params` with a message naming the key (``models.three_conv.layers[2].kernel_size``)
+and what was expected, before any data is read or any model is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Variant names become DVC stage names (train@<name>), directory names and MLflow tags;
+# letters, digits and underscores are safe in all three and in `dvc exp run -S`.
+VARIANT_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+class ParamsError(ValueError):
+    """params.yaml (or an override) is invalid; the message names the key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataConfig(_Frozen):
+    """Which images to read (the `ingest` stage)."""
+
+    source: Literal["bundled", "keras", "idx", "csv", "folder"] = "bundled"
+    keras_dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    path: str | None = None  # directory (idx, folder) or file (csv); relative to the project root
+    image_height: int = Field(28, ge=4, le=1024)
+    image_width: int = Field(28, ge=4, le=1024)
+    channels: Literal[1, 3] = 1
+    class_names: list[str] | None = None  # overrides the names a source knows (csv has none)
+    max_images: int | None = Field(None, ge=20)  # stratified subsample for quick runs
+    download_timeout_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _path_for_local_sources(self) -> DataConfig:
+        if self.source in ("idx", "csv", "folder") and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if self.source in ("bundled", "keras") and (
+            (self.image_height, self.image_width, self.channels) != (28, 28, 1)
+        ):
+            raise ValueError(
+                f"data.source '{self.source}' holds 28x28 grayscale images: set "
+                "data.image_height: 28, data.image_width: 28, data.channels: 1"
+            )
+        return self
+
+
+class PrepareConfig(_Frozen):
+    """How raw images become train / validation / test splits (the `prepare` stage)."""
+
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)  # used only when the source has no test split
+    max_duplicate_fraction: float = Field(0.01, ge=0, le=1)  # exact duplicates across splits
+
+
+# --------------------------------------------------------------------------- models
+
+Activation = Literal["relu", "swish", "sigmoid", "tanh", "elu", "gelu", "softmax", "linear"]
+IntPair = int | tuple[int, int]
+
+
+class ConvLayer(_Frozen):
+    type: Literal["conv"]
+    filters: int = Field(ge=1)
+    kernel_size: IntPair
+    strides: IntPair = 1
+    padding: Literal["valid", "same"] = "valid"
+    activation: Activation | None = None
+
+
+class PoolLayer(_Frozen):
+    type: Literal["pool"]
+    pool_size: IntPair = 2
+    strides: IntPair | None = None
+    mode: Literal["max", "average"] = "max"
+
+
+class DropoutLayer(_Frozen):
+    type: Literal["dropout"]
+    rate: float = Field(ge=0, lt=1)
+
+
+class FlattenLayer(_Frozen):
+    type: Literal["flatten"]
+
+
+class GlobalPoolLayer(_Frozen):
+    type: Literal["global_pool"]
+    mode: Literal["max", "average"] = "average"
+
+
+class DenseLayer(_Frozen):
+    type: Literal["dense"]
+    units: int = Field(ge=1)
+    activation: Activation | None = None
+
+
+class ActivationLayer(_Frozen):
+    type: Literal["activation"]
+    activation: Activation
+
+
+class ZeroPaddingLayer(_Frozen):
+    type: Literal["zero_padding"]
+    # 1 -> one pixel on every side; ((top, bottom), (left, right)) as in seed 004.
+    padding: int | tuple[tuple[int, int], tuple[int, int]] = 1
+
+
+class BatchNormLayer(_Frozen):
+    type: Literal["batch_norm"]
+
+
+LayerSpec = Annotated[
+    ConvLayer | PoolLayer | DropoutLayer | FlattenLayer | GlobalPoolLayer | DenseLayer
+    | ActivationLayer | ZeroPaddingLayer | BatchNormLayer,
+    Field(discriminator="type"),
+]
+
+
+class AugmentConfig(_Frozen):
+    """Random shifts/rotations applied to training batches only (Keras preprocessing layers)."""
+
+    rotation: float = Field(0.0, ge=0, le=0.5)  # fraction of a full turn
+    translation: float = Field(0.0, ge=0, le=0.5)  # fraction of height/width
+    zoom: float = Field(0.0, ge=0, le=0.5)
+
+
+class TrainConfig(_Frozen):
+    """Training settings: global defaults in `train`, overridden per variant."""
+
+    optimizer: Literal["adam", "rmsprop", "sgd", "adamw"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"] = (
+        "sparse_categorical_crossentropy"
+    )
+    batch_size: int = Field(64, ge=1, le=65536)
+    epochs: int = Field(5, ge=1, le=1000)
+    early_stopping_patience: int = Field(3, ge=1)
+    augment: AugmentConfig = AugmentConfig()
+    jit_compile: bool = False
+    seeds: int = Field(1, ge=1, le=20)  # >1: also train extra seeds to estimate a 95% CI
+
+
+class TrainOverrides(_Frozen):
+    """Per-variant settings; anything left out comes from the global `train` block."""
+
+    optimizer: Literal["adam", "rmsprop", "sgd", "adamw"] | None = None
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    lr_schedule: Literal["constant", "cosine"] | None = None
+    loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"] | None = None
+    batch_size: int | None = Field(None, ge=1, le=65536)
+    epochs: int | None = Field(None, ge=1, le=1000)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    augment: AugmentConfig | None = None
+    jit_compile: bool | None = None
+    seeds: int | None = Field(None, ge=1, le=20)
+
+
+class VariantConfig(_Frozen):
+    """One architecture: a layer list (the classifier head is added by the factory)."""
+
+    description: str = ""
+    layers: list[LayerSpec] = Field(min_length=1)
+    train: TrainOverrides = TrainOverrides()
+
+
+# --------------------------------------------------------------------------- later stages
+
+
+class EvaluateConfig(_Frozen):
+    gallery_rows: int = Field(4, ge=1, le=10)
+    gallery_cols: int = Field(4, ge=1, le=10)
+    batch_size: int = Field(512, ge=1)
+
+
+class RegisterConfig(_Frozen):
+    model_name: str = Field("mnist-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    min_test_accuracy: float = Field(0.9, ge=0, le=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class MlflowConfig(_Frozen):
+    experiment_name: str = Field("cnn-variants", min_length=1)
+
+
+class PipelineConfig(_Frozen):
+    """The whole of params.yaml."""
+
+    seed: int = Field(42, ge=0, le=2**31 - 1)
+    data: DataConfig = DataConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig = TrainConfig()
+    models: dict[str, VariantConfig] = Field(min_length=1)
+    evaluate: EvaluateConfig = EvaluateConfig()
+    # `register` would shadow a pydantic BaseModel attribute; the YAML key stays `register`.
+    registration: RegisterConfig = Field(RegisterConfig(), alias="register")
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _variant_names(cls, models: dict[str, VariantConfig]) -> dict[str, VariantConfig]:
+        for name in models:
+            if not VARIANT_NAME_PATTERN.match(name):
+                raise ValueError(
+                    f"variant name {name!r} is not usable as a DVC stage name: use letters, "
+                    "digits and underscores, starting with a letter (at most 64 characters)"
+                )
+        return models
+
+    @model_validator(mode="after")
+    def _layers_fit_the_images(self) -> PipelineConfig:
+        # Imported here: models.py imports this module for the layer classes.
+        from pipeline.models import infer_shapes
+
+        input_shape = (self.data.image_height, self.data.image_width, self.data.channels)
+        for name, variant in self.models.items():
+            infer_shapes(variant.layers, input_shape, where=f"models.{name}.layers")
+        return self
+
+    def train_config(self, variant: str) -> TrainConfig:
+        """Global `train` defaults with the variant's overrides applied."""
+        overrides = self.variant(variant).train
+        update = {
+            key: getattr(overrides, key)
+            for key in TrainOverrides.model_fields
+            if getattr(overrides, key) is not None
+        }
+        return self.train.model_copy(update=update)
+
+    def variant(self, name: str) -> VariantConfig:
+        if name not in self.models:
+            raise ParamsError(
+                f"unknown variant {name!r}; params.yaml `models` has: {', '.join(sorted(self.models))}"
+            )
+        return self.models[name]
+
+    def params_hash(self) -> str:
+        """A short, stable hash of the resolved configuration (tags runs and model versions)."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _key_path(location: tuple[Any, ...]) -> str:
+    """('models', 'a', 'layers', 2, 'conv', 'filters') -> 'models.a.layers[2].filters'."""
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in {"conv", "pool", "dropout", "flatten", "global_pool", "dense", "activation",
+                      "zero_padding", "batch_norm"} and text.endswith("]"):
+            continue  # the discriminator tag pydantic inserts for tagged unions
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for item in error.errors():
+        key = _key_path(item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see params.yaml in the repository)"
+        got = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {item.get('input')!r})"
+        lines.append(f"  - {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> PipelineConfig:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source} must be a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(format_validation_error(error, source)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted keys set: {'train.epochs': 1} sets raw['train']['epochs']."""
+    merged = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part, {}), dict):
+                raise ParamsError(f"override {dotted!r}: {part!r} is not a mapping")
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return merged
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    return raw if raw is not None else {}
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read, override and validate a params file."""
+    raw = read_params_file(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return parse_params(raw, source=str(path))

@@ -1,0 +1,163 @@
+"""The `evaluate` stage: test metrics, confusion matrix, curves, error galleries, filters.
+
+`evaluate_model()` computes (returns dicts and figures); `write_evaluation()` is the file edge.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss
+
+from pipeline import plots
+from pipeline.config import EvaluateConfig, PipelineConfig
+from pipeline.io import write_json, write_text
+from pipeline.prepare import PreparedData
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    confusion: np.ndarray
+    probabilities: np.ndarray  # test split, (N, num_classes)
+    figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
+    gallery_indices: list[int] = field(default_factory=list)
+
+
+def predict_probabilities(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Softmax outputs in float64, renormalised (float32 rounding leaves rows summing to 1 +- 1e-7)."""
+    probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def feature_maps(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Activations of every Conv2D layer for one image (seed 002/003: what the filters see)."""
+    import keras
+
+    from pipeline.models import conv_layer_names
+
+    names = conv_layer_names(model)
+    if not names:
+        return []
+    probe = keras.Model(model.inputs, [model.get_layer(name).output for name in names])
+    outputs = probe.predict(image[np.newaxis], verbose=0)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    return [(name, np.asarray(output[0])) for name, output in zip(names, outputs, strict=True)]
+
+
+def evaluate_model(model: Any, data: PreparedData, history: dict[str, list[float]], config: EvaluateConfig,
+                   variant: str) -> Evaluation:
+    """Score a trained model on the test split and draw its pictures.
+
+    Args:
+        model: the trained Keras model.
+        data: the prepared splits (test for metrics, validation for model selection).
+        history: per-epoch training history (learning curves).
+        config: the `evaluate` block of params.yaml.
+        variant: name used in titles.
+
+    Returns:
+        Metrics, per-class scores, confusion matrix, test probabilities and figures.
+    """
+    labels = list(range(data.num_classes))
+    probabilities = predict_probabilities(model, data.x_test, config.batch_size)
+    predicted = probabilities.argmax(axis=1)
+    val_predicted = predict_probabilities(model, data.x_val, config.batch_size).argmax(axis=1)
+    report = classification_report(data.y_test, predicted, labels=labels, target_names=data.class_names,
+                                   output_dict=True, zero_division=0)
+    metrics = {
+        "accuracy": float(accuracy_score(data.y_test, predicted)),
+        "loss": float(log_loss(data.y_test, probabilities, labels=labels)),
+        "val_accuracy": float(accuracy_score(data.y_val, val_predicted)),
+        "macro_f1": float(report["macro avg"]["f1-score"]),
+        "errors": int((predicted != data.y_test).sum()),
+        "test_images": int(data.y_test.size),
+    }
+    per_class = {name: {key: float(value) for key, value in report[name].items()} for name in data.class_names}
+    matrix = confusion_matrix(data.y_test, predicted, labels=labels)
+    confidence = probabilities[np.arange(len(predicted)), predicted]
+    rows, cols = config.gallery_rows, config.gallery_cols
+    gallery, shown = plots.error_gallery(data.x_test, data.y_test, predicted, confidence, data.class_names,
+                                         rows=rows, cols=cols, title=f"{variant}: most confident mistakes")
+    figures = {
+        "error_gallery.png": gallery,
+        "confusion_matrix.png": plots.confusion_matrix_figure(matrix, data.class_names),
+        "learning_curves.png": plots.learning_curves_figure(history, title=f"{variant}: learning curves"),
+    }
+    pair = plots.most_confused_pair(data.y_test, predicted, data.num_classes)
+    if pair is not None:
+        true_class, predicted_class = pair
+        candidates = np.flatnonzero((data.y_test == true_class) & (predicted == predicted_class))
+        figures["confused_pair_gallery.png"], _ = plots.error_gallery(
+            data.x_test, data.y_test, predicted, confidence, data.class_names, rows=rows, cols=cols,
+            indices=candidates, title=(f"{variant}: most confused pair, {data.class_names[true_class]} "
+                                       f"predicted as {data.class_names[predicted_class]}"))
+    conv_names = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    if conv_names:
+        kernels = np.asarray(conv_names[0].get_weights()[0])
+        figures["filters.png"] = plots.filters_figure(kernels, title=f"{variant}: first conv layer filters")
+        figures["feature_maps.png"] = plots.feature_maps_figure(
+            feature_maps(model, data.x_test[0]), data.x_test[0],
+            title=f"{variant}: feature maps of test image 0 (label {data.class_names[int(data.y_test[0])]})")
+    return Evaluation(metrics=metrics, per_class=per_class, confusion=matrix, probabilities=probabilities,
+                      figures=figures, gallery_indices=shown)
+
+
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_evaluation(evaluation: Evaluation, data: PreparedData, history: dict[str, list[float]],
+                     report_dir: Path) -> list[Path]:
+    """Write metrics.json, CSVs for DVC plots, and the pictures; return the files written."""
+    names = data.class_names
+    written = [write_json(report_dir / "metrics.json", evaluation.metrics),
+               write_json(report_dir / "per_class.json", evaluation.per_class)]
+    written.append(write_text(report_dir / "confusion_matrix.csv", _csv_text(
+        ["true \\ predicted", *names],
+        [[name, *map(int, row)] for name, row in zip(names, evaluation.confusion, strict=True)])))
+    predicted = evaluation.probabilities.argmax(axis=1)
+    written.append(write_text(report_dir / "predictions.csv", _csv_text(
+        ["actual", "predicted", "probability"],
+        [[names[int(true)], names[int(guess)], round(float(evaluation.probabilities[index, guess]), 4)]
+         for index, (true, guess) in enumerate(zip(data.y_test, predicted, strict=True))])))
+    epochs = len(next(iter(history.values()), []))
+    keys = [key for key in ("loss", "val_loss", "accuracy", "val_accuracy") if key in history]
+    written.append(write_text(report_dir.parent / "curves" / f"{report_dir.name}.csv", _csv_text(
+        ["epoch", *keys], [[epoch + 1, *(round(history[key][epoch], 6) for key in keys)]
+                           for epoch in range(epochs)])))
+    for file_name, figure in evaluation.figures.items():
+        written.append(plots.save_figure(figure, report_dir / file_name))
+    return written
+
+
+def run_evaluation(config: PipelineConfig, variant: str, root: Path, track: bool = True) -> dict[str, float]:
+    """The whole `evaluate` stage for one variant: score, write reports/<variant>/, log to its run."""
+    from pipeline import tracking
+    from pipeline.io import read_json
+    from pipeline.prepare import load_prepared
+    from pipeline.train import load_trained
+
+    config.variant(variant)
+    trained = load_trained(root / "models" / variant)
+    data = load_prepared(root / "data" / "prepared")
+    evaluation = evaluate_model(trained.model, data, trained.history, config.evaluate, variant)
+    report_dir = root / "reports" / variant
+    written = write_evaluation(evaluation, data, trained.history, report_dir)
+    if track:
+        run = read_json(root / "models" / variant / "run.json")
+        tracking.setup(root, config.mlflow.experiment_name)
+        logged = {("selection_val_accuracy" if key == "val_accuracy" else f"test_{key}"): value
+                  for key, value in evaluation.metrics.items()}
+        tracking.log_evaluation(run["run_id"], logged, written, artifact_dir="evaluation")
+    return evaluation.metrics

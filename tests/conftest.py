@@ -1,0 +1,80 @@
+"""Shared fixtures: a throwaway copy of the project (a real git + DVC repository) on tiny data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# What a project copy needs: the code, the pipeline definition and the DVC config (not data/models).
+PROJECT_FILES = ["pipeline", "flows", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml",
+                 ".dvc/config", ".dvc/.gitignore"]
+
+# Few hundred images, one epoch, two small variants: seconds per stage on two CPU cores.
+TINY_OVERRIDES = {
+    "data": {"max_images": 400},
+    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": "constant"},
+    "register": {"min_test_accuracy": 0.3},
+}
+TINY_VARIANTS = ("three_conv", "relu_layers")
+
+
+def run(command: list[str], cwd: Path, check: bool = True, timeout: float = 900,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command with the venv's tools first on PATH; show its output when it fails."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+def tiny_params(variants: tuple[str, ...] = TINY_VARIANTS) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in TINY_OVERRIDES.items():
+        params[key] = {**params.get(key, {}), **value}
+    params["models"] = {name: params["models"][name] for name in variants}
+    return params
+
+
+def make_project(destination: Path, params: dict | None = None) -> Path:
+    """Copy the project into `destination`, as a fresh git + DVC repository with one commit."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    (destination / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
+    # The default remote is inside the project; each copy gets its own.
+    run(["git", "init", "-q", "-b", "main"], destination)
+    run(["git", "config", "user.email", "tests@example.invalid"], destination)
+    run(["git", "config", "user.name", "tests"], destination)
+    run(["git", "add", "-A"], destination)
+    run(["git", "commit", "-q", "-m", "project copy"], destination)
+    return destination
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh project copy on tiny data (nothing run yet)."""
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test writes to the developer's MLflow store or shares a lock directory."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PIPELINE_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,216 @@
+"""Figures of pipeline.plots, built from small synthetic arrays (no training, no display)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import plots
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FASHION = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+def image_axes(figure):
+    return [ax for ax in figure.axes if ax.images]
+
+
+@pytest.fixture
+def predictions():
+    """20 samples, 10 classes; 7 mistakes with known confidences (two ties)."""
+    rng = np.random.default_rng(0)
+    y_true = np.arange(20) % 10
+    y_pred = y_true.copy()
+    wrong = np.array([1, 3, 4, 8, 11, 15, 19])
+    y_pred[wrong] = (y_true[wrong] + 1) % 10
+    confidence = rng.uniform(0.2, 0.5, 20)
+    confidence[wrong] = [0.6, 0.9, 0.7, 0.9, 0.99, 0.7, 0.55]
+    images = rng.uniform(0, 1, (20, 8, 8, 1)).astype(np.float32)
+    # Expected order: 0.99 (11), 0.9 (3, 8 by index), 0.7 (4, 15), 0.6 (1), 0.55 (19).
+    return images, y_true, y_pred, confidence, [11, 3, 8, 4, 15, 1, 19]
+
+
+def test_select_mistakes_orders_by_confidence_then_index(predictions):
+    _, y_true, y_pred, confidence, expected = predictions
+    assert plots.select_mistakes(y_true, y_pred, confidence).tolist() == expected
+
+
+def test_select_mistakes_limit_and_no_repeats(predictions):
+    _, y_true, y_pred, confidence, expected = predictions
+    assert plots.select_mistakes(y_true, y_pred, confidence, limit=3).tolist() == expected[:3]
+    assert plots.select_mistakes(y_true, y_pred, confidence, limit=0).tolist() == []
+    everything = plots.select_mistakes(y_true, y_pred, confidence, limit=100)
+    assert len(set(everything.tolist())) == len(everything) == 7
+
+
+def test_select_mistakes_rejects_bad_arguments(predictions):
+    _, y_true, y_pred, confidence, _ = predictions
+    with pytest.raises(ValueError, match="limit"):
+        plots.select_mistakes(y_true, y_pred, confidence, limit=-1)
+    with pytest.raises(ValueError, match="confidence"):
+        plots.select_mistakes(y_true, y_pred, confidence[:5])
+    with pytest.raises(ValueError, match="equal length"):
+        plots.select_mistakes(y_true, y_pred[:5], confidence)
+
+
+def test_most_confused_pair():
+    y_true = np.array([0, 0, 1, 1, 1, 2, 2, 2, 2])
+    y_pred = np.array([0, 1, 2, 2, 0, 1, 1, 2, 2])
+    # (1, 2) and (2, 1) both have two mistakes: the tie goes to the smallest pair.
+    assert plots.most_confused_pair(y_true, y_pred, num_classes=3) == (1, 2)
+    y_pred[7] = 1  # a third 2 -> 1 mistake
+    assert plots.most_confused_pair(y_true, y_pred, num_classes=3) == (2, 1)
+    assert plots.most_confused_pair(y_true, y_true, num_classes=3) is None
+
+
+def test_error_gallery_titles_match_pictured_images(predictions):
+    images, y_true, y_pred, confidence, expected = predictions
+    figure, shown = plots.error_gallery(images, y_true, y_pred, confidence, FASHION, rows=2, cols=3)
+    assert shown == expected[:6]
+    assert len(set(shown)) == len(shown)
+    axes = image_axes(figure)
+    assert len(axes) == 6
+    for ax, index in zip(axes, shown, strict=True):
+        first_line, second_line = ax.get_title().split("\n")
+        assert first_line == f"Label {FASHION[y_true[index]]} | Predict {FASHION[y_pred[index]]}"
+        assert second_line == f"p={confidence[index]:.2f}"
+        np.testing.assert_array_equal(ax.images[0].get_array(), images[index, ..., 0])
+        assert ax.images[0].get_cmap().name == "gray"
+
+
+def test_error_gallery_with_fewer_mistakes_than_cells(predictions):
+    images, y_true, y_pred, confidence, expected = predictions
+    figure, shown = plots.error_gallery(images, y_true, y_pred, confidence, FASHION, rows=4, cols=4)
+    assert shown == expected
+    assert len(image_axes(figure)) == 7
+    assert "7 misclassified of 20 test images (fewer than 16 cells)" in figure.get_suptitle()
+
+
+def test_error_gallery_restricted_to_indices(predictions):
+    images, y_true, y_pred, confidence, _ = predictions
+    candidates = np.array([0, 1, 2, 15, 19])  # mistakes among them: 15 (0.7), 1 (0.6), 19 (0.55)
+    _, shown = plots.error_gallery(images, y_true, y_pred, confidence, FASHION, indices=candidates)
+    assert shown == [15, 1, 19]
+
+
+def test_error_gallery_placeholder_without_mistakes(predictions):
+    images, y_true, _, confidence, _ = predictions
+    figure, shown = plots.error_gallery(images, y_true, y_true, confidence, FASHION)
+    assert shown == []
+    assert not image_axes(figure)
+    texts = [text.get_text() for ax in figure.axes for text in ax.texts]
+    assert texts == ["No misclassified images among 20 test images"]
+
+
+def test_error_gallery_rgb_uint8(predictions):
+    _, y_true, y_pred, confidence, expected = predictions
+    images = np.random.default_rng(1).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    figure, shown = plots.error_gallery(images, y_true, y_pred, confidence, FASHION, rows=1, cols=2)
+    assert shown == expected[:2]
+    image = image_axes(figure)[0].images[0]
+    assert image.get_array().shape == (8, 8, 3)
+    assert image.get_clim() == (0, 255)
+
+
+def test_confusion_matrix_figure_counts_and_long_names():
+    matrix = np.arange(100).reshape(10, 10)
+    figure = plots.confusion_matrix_figure(matrix, FASHION)
+    ax = figure.axes[0]
+    assert [label.get_text() for label in ax.get_xticklabels()] == FASHION
+    assert ax.get_xticklabels()[0].get_rotation() == 45
+    assert sorted(int(text.get_text()) for text in ax.texts) == list(range(100))
+    with pytest.raises(ValueError, match="square"):
+        plots.confusion_matrix_figure(matrix[:3], FASHION)
+
+
+def test_learning_curves_legend_and_epochs():
+    history = {"loss": [0.9, 0.5, 0.3], "val_loss": [0.7, 0.5, 0.4], "accuracy": [0.7, 0.8, 0.9]}
+    history["val_accuracy"] = [0.75, 0.8, 0.85]
+    figure = plots.learning_curves_figure(history, "three-conv")
+    names = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert names == ["loss", "val_loss", "accuracy", "val_accuracy"]
+    lines = [line for ax in figure.axes for line in ax.get_lines()]
+    assert all(line.get_xdata()[0] == 1 for line in lines)
+    assert figure.axes[0].get_xlabel() == "epoch"
+
+
+def test_learning_curves_skip_missing_and_reject_empty():
+    figure = plots.learning_curves_figure({"loss": [0.5, 0.2], "val_loss": []}, "partial")
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["loss"]
+    with pytest.raises(ValueError):
+        plots.learning_curves_figure({}, "empty")
+    with pytest.raises(ValueError):
+        plots.learning_curves_figure({"lr": [0.1]}, "unknown keys only")
+
+
+def test_save_figure_writes_png_atomically(tmp_path):
+    figure = plots.learning_curves_figure({"loss": [1.0, 0.5]}, "save")
+    target = tmp_path / "curves.png"
+    assert plots.save_figure(figure, target) == target
+    assert target.read_bytes()[:8] == PNG_SIGNATURE
+    assert [path.name for path in tmp_path.iterdir()] == ["curves.png"]
+
+
+@pytest.mark.parametrize(("in_channels", "filters", "shown"), [(1, 8, 8), (3, 70, 64)])
+def test_filters_figure(in_channels, filters, shown):
+    kernels = np.random.default_rng(0).normal(size=(5, 5, in_channels, filters))
+    figure = plots.filters_figure(kernels, "conv2d")
+    axes = image_axes(figure)
+    assert len(axes) == shown
+    assert [ax.get_title() for ax in axes] == [str(index) for index in range(shown)]
+    np.testing.assert_allclose(axes[1].images[0].get_array(), kernels[..., 1].mean(axis=2))
+    with pytest.raises(ValueError, match="kh, kw"):
+        plots.filters_figure(kernels[..., 0], "wrong rank")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_feature_maps_figure(channels):
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (12, 12, channels))
+    maps = [("conv2d", rng.random((10, 10, 20))), ("conv2d_1", rng.random((4, 4, 5)))]
+    figure = plots.feature_maps_figure(maps, image, "maps", max_maps=8)
+    assert len(image_axes(figure)) == 2 * (1 + 8) - 3  # second layer has 5 channels, 3 cells empty
+    row_labels = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
+    assert row_labels == ["conv2d\n10x10x20", "conv2d_1\n4x4x5"]
+    with pytest.raises(ValueError, match="empty"):
+        plots.feature_maps_figure([], image, "none")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_samples_per_class_figure(channels):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (30, 6, 6, channels), dtype=np.uint8)
+    labels = np.array([0] * 12 + [1] * 3 + [2] * 15)
+    names = ["zero", "one", "two"]
+    figure = plots.samples_per_class_figure(images, labels, names, per_class=4, seed=3)
+    assert len(image_axes(figure)) == 4 + 3 + 4
+    row_labels = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
+    assert row_labels == ["zero\n(n=12)", "one\n(n=3)", "two\n(n=15)"]
+    again = plots.samples_per_class_figure(images, labels, names, per_class=4, seed=3)
+    for first, second in zip(image_axes(figure), image_axes(again), strict=True):
+        np.testing.assert_array_equal(first.images[0].get_array(), second.images[0].get_array())
+    pictured = [ax.images[0].get_array() for ax in image_axes(figure)[:4]]
+    zero_images = images[:12] if channels == 3 else images[:12, ..., 0]
+    assert all(any(np.array_equal(picture, candidate) for candidate in zero_images) for picture in pictured)
+
+
+def test_class_histogram_figure():
+    counts = {"train": {"0": 5, "1": 7, "2": 1}, "test": {"zero": 2, "one": 3}}
+    figure = plots.class_histogram_figure(counts, ["zero", "one", "two"])
+    ax = figure.axes[0]
+    heights = [patch.get_height() for patch in ax.patches]
+    assert heights == [5, 7, 1, 2, 3, 0]
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["train (13)", "test (5)"]
+    with pytest.raises(ValueError, match="not in class_names"):
+        plots.class_histogram_figure({"train": {"7": 1}}, ["zero", "one", "two"])

@@ -1,0 +1,235 @@
+"""The five sources on small data made here (and the real bundled sample), and corrupt inputs."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import DataConfig
+from pipeline.ingest import ingest, validate_dataset
+from pipeline.sources import (
+    DataError,
+    RawDataset,
+    read_bundled,
+    read_csv,
+    read_folder,
+    read_idx,
+    read_idx_file,
+    read_keras,
+)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    """An IDX file as distributed for MNIST: magic 0x0000080N, N big-endian dims, the bytes."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    content = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(content))
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def make_idx_dir(directory: Path, train: int = 30, test: int = 10, compress: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_idx(directory / "train-images-idx3-ubyte", rng.integers(0, 256, (train, 28, 28)), compress)
+    write_idx(directory / "train-labels-idx1-ubyte", np.arange(train) % 10, compress)
+    write_idx(directory / "t10k-images-idx3-ubyte", rng.integers(0, 256, (test, 28, 28)), compress)
+    write_idx(directory / "t10k-labels-idx1-ubyte", np.arange(test) % 10, compress)
+    return directory
+
+
+# --------------------------------------------------------------------------- bundled
+
+
+def test_bundled_sample_is_real_mnist() -> None:
+    dataset = read_bundled()
+    assert dataset.x_train.shape == (5000, 28, 28, 1) and dataset.x_train.dtype == np.uint8
+    assert np.bincount(dataset.y_train).tolist() == [500] * 10
+    assert dataset.x_test is None  # no official test split: prepare carves one
+    # A real digit: ink in the middle, background in the corners.
+    assert dataset.x_train[:, 10:18, 10:18].mean() > 5 * dataset.x_train[:, :4, :4].mean()
+
+
+# --------------------------------------------------------------------------- keras
+
+
+def test_keras_source_offline_fails_fast_with_advice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # an empty cache: it must download
+    started = time.monotonic()
+    with pytest.raises(DataError) as caught:
+        read_keras("fashion_mnist", timeout_seconds=5)
+    assert time.monotonic() - started < 60
+    message = str(caught.value)
+    assert "keras.datasets.fashion_mnist" in message and "data.source: bundled" in message
+    assert str(tmp_path / "keras") in message
+
+
+# --------------------------------------------------------------------------- idx
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_directory(tmp_path: Path, compress: bool) -> None:
+    dataset = read_idx(make_idx_dir(tmp_path / "idx", compress=compress), None)
+    assert dataset.x_train.shape == (30, 28, 28, 1) and dataset.x_test.shape == (10, 28, 28, 1)
+    assert dataset.y_train[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert dataset.class_names == [str(digit) for digit in range(10)]
+
+
+def test_truncated_idx_names_file_and_sizes(tmp_path: Path) -> None:
+    directory = make_idx_dir(tmp_path / "idx")
+    images = directory / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(DataError) as caught:
+        read_idx(directory, None)
+    message = str(caught.value)
+    assert str(images) in message and "truncated" in message
+    assert str(16 + 30 * 28 * 28) in message and str(16 + 30 * 28 * 28 - 100) in message
+
+
+def test_wrong_magic_number(tmp_path: Path) -> None:
+    path = write_idx(tmp_path / "labels", np.arange(10))
+    with pytest.raises(DataError, match="wrong magic number 0x00000801, expected 0x00000803"):
+        read_idx_file(path, expected_dims=3)
+
+
+def test_image_and_label_counts_must_match(tmp_path: Path) -> None:
+    directory = make_idx_dir(tmp_path / "idx")
+    write_idx(directory / "t10k-labels-idx1-ubyte", np.arange(9) % 10)
+    with pytest.raises(DataError, match="holds 10 images but t10k-labels-idx1-ubyte holds 9 labels"):
+        read_idx(directory, None)
+
+
+def test_missing_idx_file(tmp_path: Path) -> None:
+    directory = make_idx_dir(tmp_path / "idx")
+    (directory / "t10k-images-idx3-ubyte").unlink()
+    with pytest.raises(DataError, match="missing t10k-images-idx3-ubyte"):
+        read_idx(directory, None)
+
+
+# --------------------------------------------------------------------------- csv
+
+
+def write_csv(path: Path, rows: int = 20, pixels: int = 784, header: bool = True) -> Path:
+    rng = np.random.default_rng(1)
+    lines = ["label," + ",".join(f"pixel{index}" for index in range(pixels))] if header else []
+    for row in range(rows):
+        lines.append(",".join(map(str, [row % 10, *rng.integers(0, 256, pixels)])))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_csv_with_and_without_header(tmp_path: Path, header: bool) -> None:
+    dataset = read_csv(write_csv(tmp_path / "digits.csv", header=header), 28, 28, 1, None)
+    assert dataset.x_train.shape == (20, 28, 28, 1) and dataset.y_train[:3].tolist() == [0, 1, 2]
+
+
+def test_csv_wrong_column_count(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "digits.csv", pixels=783)
+    with pytest.raises(DataError, match=r"784 columns, expected 785 .*28x28x1"):
+        read_csv(path, 28, 28, 1, None)
+
+
+def test_csv_text_in_pixel_column(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "digits.csv")
+    lines = path.read_text().splitlines()
+    fields = lines[3].split(",")
+    fields[5] = "dark"
+    lines[3] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 4, column 'pixel4' is not a number: 'dark'"):
+        read_csv(path, 28, 28, 1, None)
+
+
+def test_label_out_of_range_for_declared_classes(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "digits.csv", rows=12)
+    lines = path.read_text().splitlines()
+    lines[1] = "11" + lines[1][1:]
+    path.write_text("\n".join(lines) + "\n")
+    dataset = read_csv(path, 28, 28, 1, [str(digit) for digit in range(10)])
+    with pytest.raises(DataError, match="label 11 is outside 0..9"):
+        validate_dataset(dataset)
+
+
+# --------------------------------------------------------------------------- folder
+
+
+def make_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 4,
+                size: tuple[int, int] = (28, 28), mode: str = "L") -> Path:
+    rng = np.random.default_rng(2)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(root / name / f"{index}.png")
+    return root
+
+
+def test_folder_grayscale(tmp_path: Path) -> None:
+    dataset = read_folder(make_folder(tmp_path / "pets"), 28, 28, 1, None)
+    assert dataset.class_names == ["cat", "dog"]
+    assert dataset.x_train.shape == (8, 28, 28, 1) and sorted(set(dataset.y_train)) == [0, 1]
+
+
+def test_folder_rgb(tmp_path: Path) -> None:
+    dataset = read_folder(make_folder(tmp_path / "pets", size=(16, 12), mode="RGB"), 12, 16, 3, None)
+    assert dataset.x_train.shape == (8, 12, 16, 3)
+
+
+def test_folder_non_image_file_is_named(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "pets")
+    (root / "dog" / "notes.png").write_text("not an image")
+    (root / "cat" / "readme.txt").write_text("hello")
+    with pytest.raises(DataError) as caught:
+        read_folder(root, 28, 28, 1, None)
+    message = str(caught.value)
+    assert "2 unusable file(s)" in message and "notes.png" in message and "readme.txt" in message
+
+
+def test_folder_empty_class(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "pets")
+    (root / "bird").mkdir()
+    with pytest.raises(DataError, match="bird: empty class folder"):
+        read_folder(root, 28, 28, 1, None)
+
+
+def test_folder_image_of_another_size(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "pets")
+    Image.fromarray(np.zeros((30, 30), dtype=np.uint8)).save(root / "cat" / "big.png")
+    with pytest.raises(DataError, match=r"big.png: image is 30x30 .* expected 28x28"):
+        read_folder(root, 28, 28, 1, None)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def test_ingest_subsample_is_stratified_and_seeded() -> None:
+    config = DataConfig(max_images=200)
+    first, report = ingest(config, seed=3)
+    second, _ = ingest(config, seed=3)
+    assert first.y_train.size == 200 and np.bincount(first.y_train).tolist() == [20] * 10
+    assert np.array_equal(first.x_train, second.x_train)
+    assert report["splits"]["train"]["per_class"]["7"] == 20
+
+
+def test_validation_warns_on_imbalance() -> None:
+    labels = np.array([0] * 10 + [1] * 2)
+    dataset = RawDataset(x_train=np.zeros((12, 4, 4, 1), np.uint8), y_train=labels, class_names=["a", "b"],
+                         source="test")
+    assert any("class imbalance" in warning for warning in validate_dataset(dataset))
+
+
+def test_validation_rejects_class_without_images() -> None:
+    dataset = RawDataset(x_train=np.zeros((4, 4, 4, 1), np.uint8), y_train=np.zeros(4, np.int64),
+                         class_names=["a", "b"], source="test")
+    with pytest.raises(DataError, match=r"no training images for class\(es\) \['b'\]"):
+        validate_dataset(dataset)
