@@ -1,18 +1,33 @@
-"""The flow's link to DVC: which stages are up to date, and recording what the flow produced."""
+"""The flow's link to DVC: which stages are stale, and recording what the flow produced."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 
-def up_to_date(root: Path, stage: str) -> bool:
-    """True when DVC would skip `stage` (deps, params and outs match dvc.lock)."""
+def stale_stages(root: Path, variants: list[str]) -> set[str]:
+    """Stages `dvc repro` would run: those DVC reports changed, plus everything downstream of them."""
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
-        return not repo.status(targets=[stage])
+    # DVC resolves output paths against the working directory, so ask from inside the project.
+    with contextlib.chdir(root), Repo(".") as repo:
+        changed = set(repo.status())
+    stale = set(changed)
+    if stale & {"ingest"}:
+        stale.add("prepare")
+    for variant in variants:
+        if "prepare" in stale:
+            stale.add(f"train@{variant}")
+        if f"train@{variant}" in stale:
+            stale.add(f"evaluate@{variant}")
+    if any(stage.startswith("evaluate@") for stage in stale):
+        stale |= {"compare", "register"}
+    if any(stage.startswith("train@") for stage in stale):
+        stale.add("register")
+    return stale
 
 
 def commit(root: Path) -> None:
@@ -20,7 +35,7 @@ def commit(root: Path) -> None:
     (`dvc commit --force`): the outputs were produced by the same code from the same inputs."""
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(".") as repo:
         repo.commit(force=True)
 
 

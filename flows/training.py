@@ -110,8 +110,10 @@ def training_flow(params_file: str = "params.yaml", root: str = ".", variants: l
     use_dvc = not overrides and params_file == "params.yaml" and not variants
     os.environ.setdefault("PIPELINE_RUN_GROUP", f"prefect-{flow_run.id}")
 
+    outdated = dvc_sync.stale_stages(project, chosen) if use_dvc and not force else None
+
     def stale(stage: str) -> bool:
-        return force or not use_dvc or not dvc_sync.up_to_date(project, stage)
+        return outdated is None or stage in outdated
 
     if stale("ingest"):
         ingest_task(config, project)
@@ -129,7 +131,7 @@ def training_flow(params_file: str = "params.yaml", root: str = ".", variants: l
         for future in evaluated:
             future.result()
     rows = compare_task(config, project)
-    decision = register_task(config, project) if (trained or stale("register")) else dvc_sync.last_decision(project)
+    decision = register_task(config, project) if stale("register") else dvc_sync.last_decision(project)
     if use_dvc:
         dvc_sync.commit(project)
     else:

@@ -151,9 +151,15 @@ def load_prepared(directory: str | Path, mmap: bool = False) -> PreparedData:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{directory} holds no prepared data; run the prepare stage first (dvc repro prepare)")
     meta = json.loads(meta_path.read_text())
-    mode = "r" if mmap else None
-    arrays = {f"{kind}_{name}": np.load(directory / f"{kind}_{name}.npy", mmap_mode=mode)
-              for name in SPLITS for kind in ("x", "y")}
+    arrays = {}
+    for name in SPLITS:
+        for kind in ("x", "y"):
+            path = directory / f"{kind}_{name}.npy"
+            try:
+                arrays[f"{kind}_{name}"] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise DataError(f"{path}: unreadable prepared array ({error}); rerun the prepare stage "
+                                "(dvc repro -f prepare)") from None
     return PreparedData(**arrays, class_names=meta["class_names"])
 
 

@@ -1,0 +1,122 @@
+"""`dvc repro` end to end in a throwaway copy of the project, on 400 images and one epoch.
+
+One module-scoped run (the slow part) is shared by the assertions below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.prepare import load_prepared
+from pipeline.train import load_model_checked
+from tests.conftest import TINY_VARIANTS, make_project, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = make_project(tmp_path_factory.mktemp("dvc") / "project")
+    run(["dvc", "repro"], project, env={"PIPELINE_RUN_GROUP": "test-group"})
+    return project
+
+
+def client(project: Path) -> mlflow.MlflowClient:
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+def test_every_report_is_written(reproduced: Path) -> None:
+    for name in ("ingest.json", "prepare.json", "samples.png", "class_histogram.png"):
+        assert (reproduced / "reports" / "data" / name).is_file(), name
+    for variant in TINY_VARIANTS:
+        for name in ("metrics.json", "error_gallery.png", "confused_pair_gallery.png", "confusion_matrix.png",
+                     "confusion_matrix.csv", "learning_curves.png", "filters.png", "feature_maps.png",
+                     "predictions.csv", "per_class.json"):
+            assert (reproduced / "reports" / variant / name).is_file(), f"{variant}/{name}"
+        metrics = json.loads((reproduced / "reports" / variant / "metrics.json").read_text())
+        assert 0.1 < metrics["accuracy"] <= 1 and metrics["loss"] > 0
+        assert (reproduced / "reports" / "curves" / f"{variant}.csv").read_text().startswith("epoch,")
+    board = (reproduced / "reports" / "leaderboard.csv").read_text().splitlines()
+    assert board[0].startswith("rank,variant,val_accuracy") and len(board) == 1 + len(TINY_VARIANTS)
+
+
+def test_mlflow_runs_have_params_metrics_tags_and_a_loadable_model(reproduced: Path) -> None:
+    tracking = client(reproduced)
+    experiment = tracking.get_experiment_by_name("cnn-variants")
+    runs = tracking.search_runs([experiment.experiment_id])
+    assert sorted(run.data.tags["variant"] for run in runs) == sorted(TINY_VARIANTS)  # one run per variant
+    data = load_prepared(reproduced / "data" / "prepared")
+    lock = yaml.safe_load((reproduced / "dvc.lock").read_text())
+    prepared_md5 = next(out["md5"] for out in lock["stages"]["prepare"]["outs"] if out["path"] == "data/prepared")
+    for finished in runs:
+        variant = finished.data.tags["variant"]
+        assert finished.info.status == "FINISHED"
+        assert finished.data.tags["data_version"] == prepared_md5  # the md5 DVC recorded
+        assert finished.data.tags["run_group"] == "test-group"
+        assert len(finished.data.tags["git_commit"]) >= 40 and finished.data.tags["params_hash"]
+        assert finished.data.params["train.epochs"] == "1" and finished.data.params["variant.name"] == variant
+        history = tracking.get_metric_history(finished.info.run_id, "val_accuracy")
+        assert [metric.step for metric in history] == [1]
+        assert "test_accuracy" in finished.data.metrics
+        logged = mlflow.tensorflow.load_model(json.loads(
+            (reproduced / "models" / variant / "run.json").read_text())["model_uri"])
+        saved = load_model_checked(reproduced / "models" / variant / "model.keras")
+        np.testing.assert_allclose(logged.predict(data.x_test[:20], verbose=0),
+                                   saved.predict(data.x_test[:20], verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_registered_version_with_aliases_and_lineage(reproduced: Path) -> None:
+    tracking = client(reproduced)
+    decision = json.loads((reproduced / "reports" / "registry.json").read_text())
+    version = tracking.get_model_version("mnist-cnn", decision["version"])
+    assert decision["promoted"] is True and decision["previous_champion"] is None  # first, above 0.3
+    assert tracking.get_model_version_by_alias("mnist-cnn", "champion").version == version.version
+    assert tracking.get_model_version_by_alias("mnist-cnn", "challenger").version == version.version
+    for tag in ("run_id", "git_commit", "data_version", "params_hash", "model_sha256"):
+        assert version.tags[tag], tag
+    assert "## Lineage" in (reproduced / "reports" / "model_card.md").read_text()
+    best = (reproduced / "reports" / "leaderboard.csv").read_text().splitlines()[1].split(",")[1]
+    assert decision["variant"] == best
+
+
+def test_second_repro_does_nothing(reproduced: Path) -> None:
+    result = run(["dvc", "repro"], reproduced)
+    assert "Running stage" not in result.stdout
+    assert run(["dvc", "status"], reproduced).stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_one_variant_change_reruns_only_that_variant(reproduced: Path) -> None:
+    tracking = client(reproduced)
+    experiment = tracking.get_experiment_by_name("cnn-variants")
+    before = len(tracking.search_runs([experiment.experiment_id]))
+    result = run(["dvc", "exp", "run", "-S", "models.three_conv.train.optimizer=adam"], reproduced)
+    assert "Running stage 'train@three_conv'" in result.stdout
+    assert "Running stage 'train@relu_layers'" not in result.stdout
+    assert "Stage 'train@relu_layers' didn't change, skipping" in result.stdout
+    assert len(tracking.search_runs([experiment.experiment_id])) == before + 1
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], reproduced).stdout
+    assert "models.three_conv.train.optimizer" in shown and "reports/three_conv/metrics.json:accuracy" in shown
+
+
+def test_push_then_pull_into_a_fresh_clone(reproduced: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "--local", "-f", "-d", "shared", str(remote)], reproduced)
+    run(["git", "add", "-A"], reproduced)
+    run(["git", "commit", "-q", "-m", "pipeline outputs"], reproduced)
+    run(["dvc", "push"], reproduced)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(reproduced), str(clone)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "-f", "-d", "shared", str(remote)], clone)
+    run(["dvc", "pull"], clone)
+    from pipeline.lineage import dvc_md5
+
+    for path in ("data/prepared", "data/raw", "models/three_conv"):
+        assert dvc_md5(clone / path) == dvc_md5(reproduced / path), path
+    assert run(["dvc", "status"], clone).stdout.strip() == "Data and pipelines are up to date."

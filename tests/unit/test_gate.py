@@ -1,0 +1,46 @@
+"""The promotion gate: McNemar's exact test on paired outcomes (statsmodels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.register import mcnemar_gate
+
+
+def outcomes(both_right: int, only_champion: int, only_challenger: int, both_wrong: int) -> tuple[np.ndarray, ...]:
+    champion = np.array([True] * both_right + [True] * only_champion + [False] * only_challenger
+                        + [False] * both_wrong)
+    challenger = np.array([True] * both_right + [False] * only_champion + [True] * only_challenger
+                          + [False] * both_wrong)
+    return challenger, champion
+
+
+def test_clearly_better_challenger_passes() -> None:
+    challenger, champion = outcomes(900, 2, 30, 68)
+    gate = mcnemar_gate(challenger, champion, alpha=0.05)
+    assert gate["better"] and gate["p_value"] < 1e-5
+    assert gate["table"] == [[900, 2], [30, 68]]
+
+
+def test_worse_challenger_fails() -> None:
+    challenger, champion = outcomes(900, 30, 2, 68)
+    gate = mcnemar_gate(challenger, champion, alpha=0.05)
+    assert not gate["better"] and gate["challenger_accuracy"] < gate["champion_accuracy"]
+
+
+def test_tie_fails() -> None:
+    challenger, champion = outcomes(900, 10, 10, 80)
+    gate = mcnemar_gate(challenger, champion, alpha=0.05)
+    assert not gate["better"] and gate["p_value"] == pytest.approx(1.0)
+
+
+def test_small_insignificant_gain_fails() -> None:
+    challenger, champion = outcomes(900, 5, 9, 86)  # 4 more right, p ~ 0.42
+    gate = mcnemar_gate(challenger, champion, alpha=0.05)
+    assert gate["challenger_accuracy"] > gate["champion_accuracy"] and not gate["better"]
+
+
+def test_different_test_sets_are_refused() -> None:
+    with pytest.raises(ValueError, match="same test images"):
+        mcnemar_gate(np.ones(10, bool), np.ones(11, bool), alpha=0.05)
