@@ -4,6 +4,6 @@ import os
 # set at the entry point, never in the library.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.cli import main  # noqa: E402
+from pipeline.cli import main
 
 main()

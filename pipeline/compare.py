@@ -44,8 +44,8 @@ def leaderboard(config: PipelineConfig, root: Path) -> pd.DataFrame:
         metrics_path = root / "reports" / variant / "metrics.json"
         training_path = root / "models" / variant / "training.json"
         if not metrics_path.is_file() or not training_path.is_file():
-            raise FileNotFoundError(f"variant {variant!r} has no {metrics_path if not metrics_path.is_file() else training_path}; "
-                                    "train and evaluate it first (dvc repro)")
+            missing = metrics_path if not metrics_path.is_file() else training_path
+            raise FileNotFoundError(f"variant {variant!r} has no {missing}; train and evaluate it first (dvc repro)")
         metrics = json.loads(metrics_path.read_text())
         training = json.loads(training_path.read_text())
         row = {

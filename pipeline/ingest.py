@@ -75,7 +75,7 @@ def subsample(dataset: RawDataset, max_images: int, seed: int) -> tuple[RawDatas
     warnings: list[str] = []
 
     def shrink(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        count = max(len(np.unique(labels)), int(round(labels.size * keep)))
+        count = max(len(np.unique(labels)), round(labels.size * keep))
         if count >= labels.size:
             return images, labels
         indices = np.arange(labels.size)

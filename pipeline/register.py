@@ -136,6 +136,16 @@ def promote(name: str, version: str, previous: str | None) -> None:
         raise RuntimeError(f"{name}: champion alias did not stick on v{version}; another writer changed it")
 
 
+def gate_and_promote(config: PipelineConfig, root: Path, name: str, version: str, sha256: str,
+                     data: Any) -> dict[str, Any]:
+    """Decide and, if the gate passes, promote: one atomic check-and-set under the promotion lock."""
+    with promotion_lock(name, root):
+        decision = decide(config, name, version, sha256, data)
+        if decision["promoted"]:
+            promote(name, version, decision["previous_champion"])
+    return decision
+
+
 def register_best(config: PipelineConfig, root: Path) -> dict[str, Any]:
     """The whole `register` stage: select, register, gate, promote, write registry.json and the card.
 
@@ -163,10 +173,7 @@ def register_best(config: PipelineConfig, root: Path) -> dict[str, Any]:
     # Idempotent per run: a retried or repeated stage reuses the version it registered before.
     version = tracking.find_version(name, run["run_id"]) or tracking.register_version(run["model_uri"], name, tags)
     tracking.set_alias(name, CHALLENGER, version)
-    with promotion_lock(name, root):
-        decision = decide(config, name, version, sha256, data)
-        if decision["promoted"]:
-            promote(name, version, decision["previous_champion"])
+    decision = gate_and_promote(config, root, name, version, sha256, data)
     decision.update({"model_name": name, "version": version, "variant": variant, "run_id": run["run_id"],
                      "val_accuracy": metrics["val_accuracy"], "champion": tracking.alias_version(name, CHAMPION),
                      "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **{

@@ -90,7 +90,7 @@ def read_keras(name: str, timeout_seconds: float) -> RawDataset:
     socket.setdefaulttimeout(timeout_seconds)  # urllib inside keras.utils.get_file has no timeout
     try:
         (x_train, y_train), (x_test, y_test) = module.load_data()
-    except Exception as error:  # noqa: BLE001 - any download failure becomes one clear message
+    except Exception as error:
         cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
         raise DataError(
             f"could not load keras.datasets.{name} ({type(error).__name__}: {error}). It downloads on "
@@ -159,7 +159,8 @@ def _find_idx(directory: Path, stem: str) -> Path:
     for candidate in (directory / stem, directory / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{directory}: missing {stem} (or {stem}.gz); an IDX directory holds {', '.join(IDX_FILES.values())}")
+    raise DataError(f"{directory}: missing {stem} (or {stem}.gz); an IDX directory holds "
+                    f"{', '.join(IDX_FILES.values())}")
 
 
 def read_idx(directory: str | Path, class_names: list[str] | None) -> RawDataset:

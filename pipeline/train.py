@@ -105,15 +105,16 @@ def set_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, backup_dir: Path,
+def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, work_dir: Path,
                 seed: int | None = None, verbose: int | str = "auto") -> TrainResult:
-    """Build and fit one variant; resume from `backup_dir` if an earlier run was interrupted.
+    """Build and fit one variant; resume from `work_dir` if an earlier run was interrupted.
 
     Args:
         config: the validated params.
         variant: a key of `config.models`.
         data: the prepared splits.
-        backup_dir: where Keras keeps its per-epoch backup (removed by Keras after success).
+        work_dir: holds Keras' per-epoch backup (`backup/`) and the per-epoch history
+            (`history.csv`, appended, so a resumed run keeps the epochs before the interruption).
         seed: overrides `config.seed` (multi-seed repeats).
         verbose: Keras verbosity; "auto" shows the progress bar in a terminal, one line per epoch
             otherwise (logs of DVC in CI, Prefect workers).
@@ -134,8 +135,11 @@ def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, backup
     train_data = _dataset(data.x_train, data.y_train, settings, data.num_classes, seed, training=True)
     val_data = _dataset(data.x_val, data.y_val, settings, data.num_classes, seed, training=False)
     counter = _EpochCounter()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    history_file = work_dir / "history.csv"
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=True),
+        keras.callbacks.CSVLogger(str(history_file), append=True),
         counter.callback,
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
                                       restore_best_weights=True),
@@ -146,8 +150,8 @@ def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, backup
     fitted = model.fit(train_data, validation_data=val_data, epochs=settings.epochs, callbacks=callbacks,
                        shuffle=False, verbose=verbose)  # the tf.data pipeline shuffles, seeded
     seconds = time.perf_counter() - started
-    history = {name: [float(value) for value in values] for name, values in fitted.history.items()}
-    epochs_run = len(next(iter(history.values()), []))
+    epochs_run = len(next(iter(fitted.history.values()), []))
+    history = read_history(history_file)
     lines: list[str] = []
     model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
     info = {
@@ -155,15 +159,26 @@ def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, backup
         "seed": seed,
         "params": int(model.count_params()),
         "epochs_requested": settings.epochs,
+        "epochs_run": len(history.get("loss", [])),
         "epochs_run_this_process": epochs_run,
         "resumed_from_epoch": counter.resumed_from,
         "train_seconds": round(seconds, 3),
         "images_per_second": round(epochs_run * len(data.y_train) / seconds, 1) if seconds > 0 else None,
-        "train_images": int(len(data.y_train)),
+        "train_images": len(data.y_train),
         "best_val_accuracy": max(history.get("val_accuracy", [float("nan")])),
         "final_val_accuracy": history.get("val_accuracy", [float("nan")])[-1],
     }
     return TrainResult(model=model, history=history, summary="\n".join(lines), info=info)
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """Per-epoch metrics from Keras' CSVLogger; an epoch redone after a kill keeps its last row."""
+    import pandas as pd
+
+    table = pd.read_csv(path).drop_duplicates(subset="epoch", keep="last").sort_values("epoch")
+    ordered = [name for name in ("loss", "accuracy", "val_loss", "val_accuracy") if name in table]
+    others = [name for name in table.columns if name not in ordered and name not in ("epoch", "learning_rate")]
+    return {name: [float(value) for value in table[name]] for name in ordered + others}
 
 
 def save_trained(result: TrainResult, directory: Path) -> dict[str, Path]:
@@ -181,7 +196,6 @@ def save_trained(result: TrainResult, directory: Path) -> dict[str, Path]:
 
 def load_trained(directory: Path) -> TrainResult:
     """Read back what `save_trained` wrote (safe mode: no Lambda layers or arbitrary code)."""
-    import keras
 
     info = json.loads((directory / "training.json").read_text())
     model = load_model_checked(directory / "model.keras", info.get("model_sha256"))
@@ -268,7 +282,7 @@ def run_training(config: PipelineConfig, variant: str, root: Path, track: bool =
         result = load_trained(work.trained)
     else:
         data = load_prepared(prepared_dir)
-        result = fit_variant(config, variant, data, work.backup)
+        result = fit_variant(config, variant, data, work.path)
         save_trained(result, work.trained)
     result.info.update({"data_version": data_version, "params_hash": config.params_hash(),
                         "git_commit": git_commit(root)})

@@ -72,7 +72,7 @@ def test_transient_io_failure_is_retried(harness: None) -> None:
     attempts: list[float] = []
 
     class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b"OK")

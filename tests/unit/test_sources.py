@@ -156,7 +156,7 @@ def test_label_out_of_range_for_declared_classes(tmp_path: Path) -> None:
     lines[1] = "11" + lines[1][1:]
     path.write_text("\n".join(lines) + "\n")
     dataset = read_csv(path, 28, 28, 1, [str(digit) for digit in range(10)])
-    with pytest.raises(DataError, match="label 11 is outside 0..9"):
+    with pytest.raises(DataError, match=r"label 11 is outside 0\.\.9"):
         validate_dataset(dataset)
 
 

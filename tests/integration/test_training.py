@@ -1,0 +1,101 @@
+"""Training for real on a few hundred images: determinism, resume after SIGKILL, a YAML-only variant."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.config import load_params
+from pipeline.ingest import run_ingest
+from pipeline.prepare import load_prepared, run_prepare
+from pipeline.train import fit_variant, load_trained
+from tests.conftest import BIN, make_project, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def weights_digest(model: object) -> str:
+    digest = hashlib.sha256()
+    for array in model.get_weights():  # type: ignore[attr-defined]
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def prepared_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = make_project(tmp_path_factory.mktemp("training") / "project")
+    config = load_params(project / "params.yaml")
+    run_ingest(config, project)
+    run_prepare(config, project)
+    return project
+
+
+def test_same_inputs_give_identical_weights(prepared_project: Path, tmp_path: Path) -> None:
+    config = load_params(prepared_project / "params.yaml")
+    data = load_prepared(prepared_project / "data" / "prepared")
+    first = fit_variant(config, "three_conv", data, tmp_path / "first", verbose=0)
+    second = fit_variant(config, "three_conv", data, tmp_path / "second", verbose=0)
+    other_seed = fit_variant(config, "three_conv", data, tmp_path / "third", seed=config.seed + 1, verbose=0)
+    assert weights_digest(first.model) == weights_digest(second.model)
+    assert first.history == second.history
+    assert weights_digest(first.model) != weights_digest(other_seed.model)
+
+
+def test_yaml_only_variant_builds_and_trains(prepared_project: Path, tmp_path: Path) -> None:
+    params = tiny_params()
+    params["models"]["my_variant"] = {"layers": [
+        {"type": "conv", "filters": 4, "kernel_size": 3, "activation": "relu"},
+        {"type": "pool"},
+        {"type": "flatten"},
+    ]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    config = load_params(tmp_path / "params.yaml")
+    data = load_prepared(prepared_project / "data" / "prepared")
+    result = fit_variant(config, "my_variant", data, tmp_path / "work", verbose=0)
+    assert result.info["params"] == (3 * 3 * 1 + 1) * 4 + 13 * 13 * 4 * 10 + 10
+    assert len(result.history["val_accuracy"]) == 1
+
+
+def test_killed_training_resumes_from_its_last_epoch(prepared_project: Path) -> None:
+    params = yaml.safe_load((prepared_project / "params.yaml").read_text())
+    params["train"].update({"epochs": 40, "early_stopping_patience": 40})
+    (prepared_project / "params.yaml").write_text(yaml.safe_dump(params))
+    backup = prepared_project / ".cache" / "train" / "three_conv" / "backup"
+    command = [str(BIN / "python"), "-m", "pipeline", "train", "three_conv", "--no-track"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(command, cwd=prepared_project, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    history_file = backup.parent / "history.csv"
+    # Wait until at least two epochs are done and backed up, then kill -9 (no chance to clean up).
+    while time.monotonic() < deadline:
+        done = len(history_file.read_text().splitlines()) - 1 if history_file.is_file() else 0
+        if done >= 2 and backup.is_dir() and any(backup.rglob("*")):
+            break
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (prepared_project / "models" / "three_conv" / "training.json").exists()
+
+    # Same command, same params: the same job, which must continue where the kill left it.
+    rerun = subprocess.Popen(command, cwd=prepared_project, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+    assert "resuming from the backup" in output
+    info = json.loads((prepared_project / "models" / "three_conv" / "training.json").read_text())
+    assert info["resumed_from_epoch"] >= 2
+    trained = load_trained(prepared_project / "models" / "three_conv")
+    assert len(trained.history["loss"]) == info["epochs_run"]
+    assert info["epochs_run"] == info["resumed_from_epoch"] + info["epochs_run_this_process"]
+    assert not backup.parent.exists()  # the work directory is removed after success
