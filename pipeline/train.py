@@ -252,6 +252,29 @@ class WorkDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def seed_repeats(config: PipelineConfig, variant: str, data: PreparedData, first: TrainResult,
+                 work_dir: Path) -> list[dict[str, float]]:
+    """Train `train.seeds - 1` more copies with other seeds, to tell a real difference from noise.
+
+    Only the first seed's model is kept; the others give validation and test accuracy per seed,
+    from which the leaderboard shows mean and 95% confidence interval. (Test accuracy is reported,
+    never used to choose.)
+    """
+    def accuracies(model: Any) -> dict[str, float]:
+        return {f"{split}_accuracy": float((np.asarray(model.predict(getattr(data, f"x_{split}"), batch_size=512,
+                                                                      verbose=0)).argmax(axis=1)
+                                            == getattr(data, f"y_{split}")).mean())
+                for split in ("val", "test")}
+
+    repeats = [{"seed": first.info["seed"], **accuracies(first.model)}]
+    for offset in range(1, config.train_config(variant).seeds):
+        seed = config.seed + offset
+        print(f"[train {variant}] extra seed {offset}/{config.train_config(variant).seeds - 1}: {seed}", flush=True)
+        extra = fit_variant(config, variant, data, work_dir / f"seed-{seed}", seed=seed)
+        repeats.append({"seed": seed, **accuracies(extra.model)})
+    return repeats
+
+
 def run_training(config: PipelineConfig, variant: str, root: Path, track: bool = True,
                  extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """The whole `train` stage for one variant: fit (or resume), write models/<variant>/, track.
@@ -283,6 +306,8 @@ def run_training(config: PipelineConfig, variant: str, root: Path, track: bool =
     else:
         data = load_prepared(prepared_dir)
         result = fit_variant(config, variant, data, work.path)
+        if config.train_config(variant).seeds > 1:
+            result.info["seed_repeats"] = seed_repeats(config, variant, data, result, work.path)
         save_trained(result, work.trained)
     result.info.update({"data_version": data_version, "params_hash": config.params_hash(),
                         "git_commit": git_commit(root)})

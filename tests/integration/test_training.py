@@ -99,3 +99,20 @@ def test_killed_training_resumes_from_its_last_epoch(prepared_project: Path) -> 
     assert len(trained.history["loss"]) == info["epochs_run"]
     assert info["epochs_run"] == info["resumed_from_epoch"] + info["epochs_run_this_process"]
     assert not backup.parent.exists()  # the work directory is removed after success
+
+
+def test_multi_seed_repeats_feed_a_confidence_interval(prepared_project: Path) -> None:
+    from pipeline.compare import _ci95
+    from pipeline.train import run_training
+
+    params = yaml.safe_load((prepared_project / "params.yaml").read_text())
+    params["train"].update({"epochs": 1, "seeds": 3})
+    (prepared_project / "params.yaml").write_text(yaml.safe_dump(params))
+    info = run_training(load_params(prepared_project / "params.yaml"), "relu_layers", prepared_project,
+                        track=False)
+    repeats = info["seed_repeats"]
+    assert [repeat["seed"] for repeat in repeats] == [42, 43, 44]
+    assert all(0 <= repeat["val_accuracy"] <= 1 for repeat in repeats)
+    mean, half_width = _ci95([repeat["val_accuracy"] for repeat in repeats])
+    assert min(r["val_accuracy"] for r in repeats) <= mean <= max(r["val_accuracy"] for r in repeats)
+    assert half_width >= 0

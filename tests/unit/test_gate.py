@@ -44,3 +44,15 @@ def test_small_insignificant_gain_fails() -> None:
 def test_different_test_sets_are_refused() -> None:
     with pytest.raises(ValueError, match="same test images"):
         mcnemar_gate(np.ones(10, bool), np.ones(11, bool), alpha=0.05)
+
+
+def test_confidence_interval_matches_the_t_distribution() -> None:
+    from scipy import stats
+
+    from pipeline.compare import _ci95
+
+    values = [0.95, 0.97, 0.96, 0.94]
+    mean, half_width = _ci95(values)
+    expected = stats.t.ppf(0.975, df=3) * np.std(values, ddof=1) / np.sqrt(4)
+    assert mean == pytest.approx(0.955) and half_width == pytest.approx(expected)
+    assert np.isnan(_ci95([0.9])[1])  # one seed: no interval
