@@ -74,28 +74,6 @@ def _optimizer(settings: TrainConfig, steps_per_epoch: int) -> Any:
     return optimizers[settings.optimizer](learning_rate=learning_rate)
 
 
-class _EpochCounter:
-    """Remembers the epoch Keras resumed from (BackupAndRestore sets `_current_epoch`)."""
-
-    def __init__(self) -> None:
-        import keras
-
-        class Callback(keras.callbacks.Callback):
-            def __init__(inner) -> None:  # noqa: N805 - closure over the outer counter
-                super().__init__()
-                inner.first_epoch: int | None = None
-
-            def on_epoch_begin(inner, epoch: int, logs: dict | None = None) -> None:  # noqa: N805
-                if inner.first_epoch is None:
-                    inner.first_epoch = epoch
-
-        self.callback = Callback()
-
-    @property
-    def resumed_from(self) -> int:
-        return self.callback.first_epoch or 0
-
-
 def set_determinism(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow, and make TF ops deterministic (same weights twice)."""
     import keras
@@ -134,13 +112,15 @@ def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, work_d
                   metrics=["accuracy"], jit_compile=settings.jit_compile)
     train_data = _dataset(data.x_train, data.y_train, settings, data.num_classes, seed, training=True)
     val_data = _dataset(data.x_val, data.y_val, settings, data.num_classes, seed, training=False)
-    counter = _EpochCounter()
+    # BackupAndRestore makes Keras start at the epoch after the last backup: remember which one.
+    epochs_started: list[int] = []
+    counter = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_started.append(epoch))
     work_dir.mkdir(parents=True, exist_ok=True)
     history_file = work_dir / "history.csv"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=True),
         keras.callbacks.CSVLogger(str(history_file), append=True),
-        counter.callback,
+        counter,
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
                                       restore_best_weights=True),
     ]
@@ -161,7 +141,7 @@ def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, work_d
         "epochs_requested": settings.epochs,
         "epochs_run": len(history.get("loss", [])),
         "epochs_run_this_process": epochs_run,
-        "resumed_from_epoch": counter.resumed_from,
+        "resumed_from_epoch": epochs_started[0] if epochs_started else 0,
         "train_seconds": round(seconds, 3),
         "images_per_second": round(epochs_run * len(data.y_train) / seconds, 1) if seconds > 0 else None,
         "train_images": len(data.y_train),
