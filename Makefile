@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install repro test test-fast bench lint mlflow-ui clean
+.PHONY: help install system-deps repro test test-fast bench lint mlflow-ui clean
 .DEFAULT_GOAL := help
 
 help:  ## List the targets
@@ -21,9 +21,12 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)  ## Create .venv and install the pinned dependencies
 
 repro: $(STAMP)  ## Run the whole pipeline on the offline default (dvc repro)
-	PIPELINE_RUN_GROUP=repro-$$(date -u +%Y%m%dT%H%M%SZ) $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" PIPELINE_RUN_GROUP=repro-$$(date -u +%Y%m%dT%H%M%SZ) $(BIN)/dvc repro
 
-test: $(STAMP)  ## Run the test suite
+system-deps:  ## Debian packages the tests need (headless Chromium); installs them as root
+	bash scripts/system_deps.sh
+
+test: $(STAMP) system-deps  ## Run the test suite
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)  ## Only the fast tests (no training, no servers)

@@ -1,8 +1,11 @@
-"""The native service stack (scripts/stack_up.sh) as one session fixture, shared by the stack tests.
+"""The native service stack (scripts/stack_up.sh) and a training flow run on it, as session fixtures.
 
-One stack per test session: MLflow with basic auth on PostgreSQL, Prefect server on PostgreSQL and
-a process worker, on free ports, with databases and a state directory of its own, torn down
-(databases dropped) by scripts/stack_down.sh --purge. It starts only when a test asks for `stack`.
+`stack`: one stack per test session: MLflow with basic auth on PostgreSQL, Prefect server on
+PostgreSQL and a process worker, on free ports, with databases and a state directory of its own,
+torn down (databases dropped) by scripts/stack_down.sh --purge. It starts only when a test asks.
+
+`stack_training`: the training flow run once on tiny data in a project copy, tracking into the
+stack's MLflow as the non-admin pipeline user and recorded by the stack's Prefect server.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ import psycopg2
 import pytest
 import requests
 from psycopg2 import sql
+
+from tests.conftest import make_project
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_UP = REPO_ROOT / "scripts" / "stack_up.sh"
@@ -33,6 +39,9 @@ HTTP_TIMEOUT = 60
 STACK_VARIABLE_PREFIXES = ("STACK_", "MLFLOW_", "PREFECT_")
 # The non-admin MLflow user the stack creates for the worker (compose's mlflow-init does the same).
 TRACKING_USERNAME = "pipeline"
+# What the project's params.yaml names (tests/conftest.py's tiny params keep them).
+EXPERIMENT_NAME = "cnn-variants"
+MODEL_NAME = "mnist-cnn"
 
 
 @dataclass(frozen=True)
@@ -171,3 +180,66 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert stopped.returncode == 0, f"stack_down.sh failed:\n{stopped.stdout}\n{stopped.stderr}"
         assert not leftover, f"stack_down.sh --purge left the databases {leftover}"
         assert not state_dir.exists(), "stack_down.sh --purge left the state directory"
+
+
+@dataclass(frozen=True)
+class StackTraining:
+    project: Path
+    output: str  # what `python -m flows.training` printed
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def stack_training(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> StackTraining:
+    """`python -m flows.training` in a fresh project copy, pointed at the stack by its environment alone."""
+    project = make_project(tmp_path_factory.mktemp("stack-flow") / "project")
+    env = {
+        **base_env(),  # none of the developer's MLFLOW_* / PREFECT_* settings
+        **stack.client_env(),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # No Prefect profile of the developer's, and no lock directory shared with other tests.
+        "PREFECT_HOME": str(project.parent / "prefect-home"),
+        "PIPELINE_LOCK_DIR": str(project.parent / "locks"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.training", "--root", str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        pytest.fail(f"the training flow failed ({result.returncode}) after {seconds:.0f}s:\n{output[-6000:]}")
+    print(f"training flow on the stack: {seconds:.0f}s")
+    return StackTraining(project=project, output=output, seconds=seconds)
+
+
+def experiment_runs(stack: Stack) -> list[dict]:
+    """The runs of the pipeline's experiment through MLflow's REST API ({info, data} each)."""
+    found = stack.mlflow(
+        "GET",
+        "/api/2.0/mlflow/experiments/get-by-name",
+        stack.tracking_auth,
+        params={"experiment_name": EXPERIMENT_NAME},
+    )
+    assert found.status_code == 200, found.text
+    experiment_id = found.json()["experiment"]["experiment_id"]
+    searched = stack.mlflow(
+        "POST", "/api/2.0/mlflow/runs/search", stack.tracking_auth, json={"experiment_ids": [experiment_id]}
+    )
+    assert searched.status_code == 200, searched.text
+    return searched.json().get("runs", [])
+
+
+def metrics_of(run: dict) -> dict[str, float]:
+    return {metric["key"]: metric["value"] for metric in run["data"].get("metrics", [])}
+
+
+def tags_of(run: dict) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
