@@ -30,6 +30,7 @@ from pipeline.evaluate import run_evaluation
 from pipeline.ingest import run_ingest
 from pipeline.prepare import run_prepare
 from pipeline.register import register_best
+from pipeline.tracking import setup as setup_tracking
 from pipeline.train import run_training
 
 # Retries only where I/O can fail for a moment: a download (ingest from keras.datasets) and the
@@ -50,7 +51,9 @@ def prepare_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
 
 @task(name="train", task_run_name="train-{variant}")
 def train_task(config: PipelineConfig, variant: str, root: Path, flow_run_id: str) -> dict[str, Any]:
-    return run_training(config, variant, root, extra_tags={"prefect_flow_run_id": flow_run_id})
+    # The run group travels as a tag: on Dask the task runs in another process than the flow.
+    return run_training(config, variant, root, extra_tags={"prefect_flow_run_id": flow_run_id,
+                                                           "run_group": f"prefect-{flow_run_id}"})
 
 
 @task(name="evaluate", task_run_name="evaluate-{variant}", **IO_RETRIES)
@@ -108,7 +111,6 @@ def training_flow(params_file: str = "params.yaml", root: str = ".", variants: l
     if set(chosen) != set(config.models):
         config = config.model_copy(update={"models": {name: config.models[name] for name in chosen}})
     use_dvc = not overrides and params_file == "params.yaml" and not variants
-    os.environ.setdefault("PIPELINE_RUN_GROUP", f"prefect-{flow_run.id}")
 
     outdated = dvc_sync.stale_stages(project, chosen) if use_dvc and not force else None
 
@@ -119,6 +121,10 @@ def training_flow(params_file: str = "params.yaml", root: str = ".", variants: l
         ingest_task(config, project)
     if stale("prepare"):
         prepare_task(config, project)
+    if any(stale(f"train@{variant}") or stale(f"evaluate@{variant}") for variant in chosen):
+        # Create the tracking store and experiment once, here: tasks in several processes (Dask
+        # workers) racing to create a fresh SQLite store, or the same experiment, fail.
+        setup_tracking(project, config.mlflow.experiment_name)
     # The per-variant fan-out goes through the task runner: threads here, or Dask workers.
     with task_runner(dask_address or os.environ.get("PIPELINE_DASK_ADDRESS"), local_workers) as runner:
         trained = [runner.submit(train_task, {"config": config, "variant": variant, "root": project,
