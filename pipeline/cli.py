@@ -128,7 +128,7 @@ def rollback(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
 
     config = _config(params)
     result = rollback_champion(config, root)
-    typer.echo(f"{config.register.model_name}: champion moved from v{result['from']} back to v{result['to']}")
+    typer.echo(f"{config.registration.model_name}: champion moved from v{result['from']} back to v{result['to']}")
 
 
 @app.command()

@@ -26,7 +26,8 @@ class ParamsError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: YAML reads `.nan` and `.inf` as floats, and no setting means either.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -43,7 +44,8 @@ class DataConfig(_Frozen):
     channels: Literal[1, 3] = 1
     class_names: list[str] | None = None  # overrides the names a source knows (csv has none)
     max_images: int | None = Field(None, ge=20)  # stratified subsample for quick runs
-    download_timeout_seconds: float = Field(30.0, gt=0)
+    # At most an hour; Python's socket timeouts overflow above ~9e9 seconds.
+    download_timeout_seconds: float = Field(30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> DataConfig:
@@ -150,7 +152,7 @@ class TrainConfig(_Frozen):
     )
     batch_size: int = Field(64, ge=1, le=65536)
     epochs: int = Field(5, ge=1, le=1000)
-    early_stopping_patience: int = Field(3, ge=1)
+    early_stopping_patience: int = Field(3, ge=1, le=1000)
     augment: AugmentConfig = AugmentConfig()
     jit_compile: bool = False
     seeds: int = Field(1, ge=1, le=20)  # >1: also train extra seeds to estimate a 95% CI
@@ -165,7 +167,7 @@ class TrainOverrides(_Frozen):
     loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"] | None = None
     batch_size: int | None = Field(None, ge=1, le=65536)
     epochs: int | None = Field(None, ge=1, le=1000)
-    early_stopping_patience: int | None = Field(None, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1, le=1000)
     augment: AugmentConfig | None = None
     jit_compile: bool | None = None
     seeds: int | None = Field(None, ge=1, le=20)
@@ -185,7 +187,7 @@ class VariantConfig(_Frozen):
 class EvaluateConfig(_Frozen):
     gallery_rows: int = Field(4, ge=1, le=10)
     gallery_cols: int = Field(4, ge=1, le=10)
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(512, ge=1, le=65536)
 
 
 class RegisterConfig(_Frozen):
@@ -225,11 +227,15 @@ class PipelineConfig(_Frozen):
     @model_validator(mode="after")
     def _layers_fit_the_images(self) -> PipelineConfig:
         # Imported here: models.py imports this module for the layer classes.
-        from pipeline.models import infer_shapes
+        from pipeline.models import check_model_size, infer_shapes
 
         input_shape = (self.data.image_height, self.data.image_width, self.data.channels)
+        # The class count is known here only when data.class_names is set; the digits' 10 otherwise
+        # (build_model checks again with the real count).
+        num_classes = len(self.data.class_names) if self.data.class_names else 10
         for name, variant in self.models.items():
             infer_shapes(variant.layers, input_shape, where=f"models.{name}.layers")
+            check_model_size(variant.layers, input_shape, num_classes, where=f"models.{name}.layers")
         return self
 
     def train_config(self, variant: str) -> TrainConfig:
@@ -258,17 +264,28 @@ class PipelineConfig(_Frozen):
 # --------------------------------------------------------------------------- loading
 
 
+# Fields typed `int | tuple[...]`: pydantic adds the failing member ('int', 'tuple[int, int]') to the path.
+_UNION_FIELDS = {"kernel_size", "strides", "pool_size", "padding"}
+
+
 def _key_path(location: tuple[Any, ...]) -> str:
     """('models', 'a', 'layers', 2, 'conv', 'filters') -> 'models.a.layers[2].filters'."""
     text = ""
+    previous: Any = None
     for part in location:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif part == "[key]":
+            pass  # pydantic's marker for "the key itself" of a mapping entry: the path names it
         elif part in {"conv", "pool", "dropout", "flatten", "global_pool", "dense", "activation",
                       "zero_padding", "batch_norm"} and text.endswith("]"):
-            continue  # the discriminator tag pydantic inserts for tagged unions
+            pass  # the discriminator tag pydantic inserts for tagged unions
+        elif previous in _UNION_FIELDS and (part == "int" or part.startswith("tuple[")):
+            pass  # which member of `int | tuple[...]` failed; the message says it
         else:
-            text += f".{part}" if text else str(part)
+            name = part if part.isprintable() else repr(part)  # a key with a newline stays on its line
+            text += f".{name}" if text else name
+        previous = part
     return text
 
 
@@ -279,7 +296,11 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see params.yaml in the repository)"
-        got = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {item.get('input')!r})"
+        # A validator of a whole block (variant names, layers vs image size) names the key in its
+        # message; repeating the block's input would print all of params.yaml.
+        quiet = item["type"] in ("missing", "extra_forbidden") or (
+            item["type"] == "value_error" and isinstance(item.get("input"), dict))
+        got = "" if quiet else f" (got {item.get('input')!r})"
         lines.append(f"  - {key}: {message}{got}")
     return "\n".join(lines)
 

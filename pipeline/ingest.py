@@ -145,18 +145,41 @@ def save_raw(dataset: RawDataset, directory: str | Path) -> None:
 
 
 def load_raw(directory: str | Path) -> RawDataset:
+    """Read what `save_raw` wrote, checked again: a damaged file fails here, named, not deep in `prepare`."""
     directory = Path(directory)
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{directory} holds no ingested data; run the ingest stage first (dvc repro ingest)")
-    meta = json.loads(meta_path.read_text())
-    has_test = (directory / "x_test.npy").is_file()
-    return RawDataset(
-        x_train=np.load(directory / "x_train.npy"), y_train=np.load(directory / "y_train.npy"),
-        x_test=np.load(directory / "x_test.npy") if has_test else None,
-        y_test=np.load(directory / "y_test.npy") if has_test else None,
-        class_names=meta["class_names"], source=meta["source"],
-    )
+    rerun = "rerun the ingest stage (dvc repro -f ingest)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        class_names, source = [str(name) for name in meta["class_names"]], str(meta["source"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{meta_path}: unreadable ({type(error).__name__}: {error}); {rerun}") from None
+    splits = ["train", "test"] if (directory / "x_test.npy").is_file() else ["train"]
+    arrays: dict[str, np.ndarray] = {}
+    for split in splits:
+        for kind in ("x", "y"):
+            path = directory / f"{kind}_{split}.npy"
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as error:
+                raise DataError(f"{path}: unreadable array ({error}); {rerun}") from None
+            if kind == "x" and (array.dtype != np.uint8 or array.ndim != 4):
+                raise DataError(f"{path}: expected uint8 images (N, H, W, C), found {array.dtype} {array.shape}; "
+                                f"{rerun}")
+            if kind == "y" and (array.dtype.kind not in "iu" or array.ndim != 1):
+                raise DataError(f"{path}: expected integer labels (N,), found {array.dtype} {array.shape}; {rerun}")
+            if kind == "y" and array.size and (array.min() < 0 or array.max() >= len(class_names)):
+                raise DataError(f"{path}: labels must lie in 0..{len(class_names) - 1} ({len(class_names)} classes "
+                                f"in {meta_path.name}), found {array.min()}..{array.max()}; {rerun}")
+            arrays[f"{kind}_{split}"] = array
+    dataset = RawDataset(**arrays, class_names=class_names, source=source)
+    try:
+        validate_dataset(dataset)
+    except DataError as error:
+        raise DataError(f"{directory}: {error}; {rerun}") from None
+    return dataset
 
 
 def write_ingest(dataset: RawDataset, report: dict[str, Any], data_dir: str | Path, report_dir: str | Path) -> None:

@@ -31,6 +31,18 @@ if TYPE_CHECKING:
 
 Shape = tuple[int, ...]
 
+# Sanity limits, checked when params.yaml is validated (before any data is read) and again by
+# `build_model`. The largest seed variant has 3.2M parameters and its largest feature map holds
+# 25,088 values; these bounds leave room for real images (1024x1024x3 is data's maximum) while
+# refusing what cannot be trained on a workstation instead of failing later with an out-of-memory
+# error or an int32 overflow inside TensorFlow.
+# 50M float32 weights: 200 MB, about 800 MB with gradients and Adam's two moment slots.
+MAX_MODEL_PARAMETERS = 50_000_000
+# Values in one layer's output for one image (2**26 float32 = 256 MiB; the batch multiplies it).
+MAX_FEATURE_MAP_VALUES = 2**26
+# kernel_size, strides, pool_size and zero padding: no window or step beyond the largest image side.
+MAX_WINDOW = 1024
+
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (value[0], value[1])
@@ -63,8 +75,9 @@ def infer_shapes(layers: Sequence[LayerSpec], input_shape: Shape, where: str = "
             raise ValueError(f"{key}: needs an image-shaped input but gets {shape} (after a flatten?)")
         if isinstance(layer, ConvLayer):
             kernel, strides = _pair(layer.kernel_size), _pair(layer.strides)
-            if min(kernel) < 1 or min(strides) < 1:
-                raise ValueError(f"{key}: kernel_size and strides must be at least 1")
+            if min(kernel + strides) < 1 or max(kernel + strides) > MAX_WINDOW:
+                raise ValueError(f"{key}: kernel_size and strides must be between 1 and {MAX_WINDOW}, "
+                                 f"got {kernel} and {strides}")
             height, width = shape[0], shape[1]
             if layer.padding == "valid" and (kernel[0] > height or kernel[1] > width):
                 raise ValueError(
@@ -79,8 +92,9 @@ def infer_shapes(layers: Sequence[LayerSpec], input_shape: Shape, where: str = "
         elif isinstance(layer, PoolLayer):
             pool = _pair(layer.pool_size)
             strides = _pair(layer.strides) if layer.strides is not None else pool
-            if min(pool) < 1 or min(strides) < 1:
-                raise ValueError(f"{key}: pool_size and strides must be at least 1")
+            if min(pool + strides) < 1 or max(pool + strides) > MAX_WINDOW:
+                raise ValueError(f"{key}: pool_size and strides must be between 1 and {MAX_WINDOW}, "
+                                 f"got {pool} and {strides}")
             if pool[0] > shape[0] or pool[1] > shape[1]:
                 raise ValueError(f"{key}: pool_size {pool} is larger than its {shape[0]}x{shape[1]} feature map")
             shape = (
@@ -93,8 +107,8 @@ def infer_shapes(layers: Sequence[LayerSpec], input_shape: Shape, where: str = "
                 (top, bottom), (left, right) = (layer.padding,) * 2, (layer.padding,) * 2
             else:
                 (top, bottom), (left, right) = layer.padding
-            if min(top, bottom, left, right) < 0:
-                raise ValueError(f"{key}: padding must not be negative")
+            if min(top, bottom, left, right) < 0 or max(top, bottom, left, right) > MAX_WINDOW:
+                raise ValueError(f"{key}: padding must be between 0 and {MAX_WINDOW}")
             shape = (shape[0] + top + bottom, shape[1] + left + right, shape[2])
         elif isinstance(layer, FlattenLayer):
             shape = (math.prod(shape),)
@@ -102,6 +116,9 @@ def infer_shapes(layers: Sequence[LayerSpec], input_shape: Shape, where: str = "
             shape = (shape[2],)
         elif isinstance(layer, DenseLayer):
             shape = (*shape[:-1], layer.units)
+        if math.prod(shape) > MAX_FEATURE_MAP_VALUES:
+            raise ValueError(f"{key}: outputs {shape}, {math.prod(shape):,} values per image, more than the "
+                             f"limit of {MAX_FEATURE_MAP_VALUES:,}; use fewer filters/units or downsample first")
         shapes.append(shape)
     if len(shape) != 1:
         raise ValueError(
@@ -109,6 +126,42 @@ def infer_shapes(layers: Sequence[LayerSpec], input_shape: Shape, where: str = "
             "(and optional dense layers) so the classifier head gets a vector"
         )
     return shapes
+
+
+def count_parameters(layers: Sequence[LayerSpec], input_shape: Shape, num_classes: int) -> int:
+    """The parameter count Keras will report (`model.count_params()`), without building the model.
+
+    Args:
+        layers: the variant's layer list (shape-checked by `infer_shapes`).
+        input_shape: (height, width, channels) of one image.
+        num_classes: size of the classifier head.
+
+    Returns:
+        Weights and biases of conv and dense layers, batch-norm statistics, and the head.
+    """
+    shapes = infer_shapes(layers, input_shape)
+    total = 0
+    for layer, incoming in zip(layers, [tuple(input_shape), *shapes[:-1]], strict=True):
+        if isinstance(layer, ConvLayer):
+            kernel = _pair(layer.kernel_size)
+            total += (kernel[0] * kernel[1] * incoming[-1] + 1) * layer.filters
+        elif isinstance(layer, DenseLayer):
+            total += (incoming[-1] + 1) * layer.units
+        elif isinstance(layer, BatchNormLayer):
+            total += 4 * incoming[-1]  # gamma, beta, moving mean, moving variance
+    return total + (shapes[-1][-1] + 1) * num_classes
+
+
+def check_model_size(layers: Sequence[LayerSpec], input_shape: Shape, num_classes: int,
+                     where: str = "layers") -> int:
+    """Raise ValueError naming `where` when the model would exceed MAX_MODEL_PARAMETERS; return the count."""
+    count = count_parameters(layers, input_shape, num_classes)
+    if count > MAX_MODEL_PARAMETERS:
+        raise ValueError(
+            f"{where}: {count:,} parameters with {num_classes} classes on {tuple(input_shape)} images, more "
+            f"than the limit of {MAX_MODEL_PARAMETERS:,}; use fewer units/filters or pool before the flatten"
+        )
+    return count
 
 
 def _keras_layer(layer: LayerSpec, name: str) -> keras.layers.Layer:
@@ -167,7 +220,7 @@ def build_model(
 
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    infer_shapes(layers, input_shape)
+    check_model_size(layers, input_shape, num_classes)  # before Keras allocates any weight
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     outputs = inputs
     # Augmentation layers are identity at inference, so the saved model serves raw images.

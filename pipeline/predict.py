@@ -38,19 +38,38 @@ def load_registered_model(model_uri: str) -> tuple[object, dict[str, str]]:
         return load_model_checked(model_file, tags["model_sha256"]), tags
 
 
-def read_images(folder: Path, height: int, width: int, channels: int) -> tuple[list[Path], np.ndarray]:
-    """Every PNG/JPEG in `folder` as float32 (N, H, W, C) in [0, 1]; names the file that is wrong."""
+def image_files(folder: Path) -> list[Path]:
+    """The PNG/JPEG files in `folder`, sorted, each with a readable image header.
+
+    Raises DataError naming the folder (missing, no images) or the first file that is not an image;
+    cheap (headers only), so bad input fails before a model is downloaded and loaded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder of images")
     files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{folder} holds no .png/.jpg/.jpeg files")
+    for path in files:
+        try:
+            with Image.open(path):
+                pass
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise DataError(f"{path}: not a readable PNG/JPEG image ({error})") from None
+    return files
+
+
+def read_images(folder: Path, height: int, width: int, channels: int) -> tuple[list[Path], np.ndarray]:
+    """Every PNG/JPEG in `folder` as float32 (N, H, W, C) in [0, 1]; names the file that is wrong."""
+    files = image_files(folder)
     images = np.stack([_read_image(path, height, width, channels) for path in files])
     return files, normalise(images)
 
 
 def predict_folder(config: PipelineConfig, folder: Path, root: Path, model_uri: str | None = None) -> pd.DataFrame:
     """A table of file, predicted class and its probability, one row per image."""
+    image_files(folder)  # a missing folder, no images or a non-image fail before the model is downloaded
     tracking.setup(root, config.mlflow.experiment_name)
     model_uri = model_uri or f"models:/{config.registration.model_name}@champion"
     model, tags = load_registered_model(model_uri)

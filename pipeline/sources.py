@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ FASHION_MNIST_CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# A CSV label is a class index; without data.class_names the classes are 0..max(label), so a stray
+# 1e9 would otherwise create a billion classes.
+MAX_CSV_LABEL = 9_999
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -146,7 +150,7 @@ def read_idx_file(path: str | Path, expected_dims: int) -> np.ndarray:
     if len(content) < header_size:
         raise DataError(f"{path}: truncated header ({len(content)} bytes, expected {header_size})")
     shape = tuple(int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
-    expected_size = header_size + int(np.prod(shape))
+    expected_size = header_size + math.prod(shape)  # Python ints: a forged header cannot overflow
     if len(content) != expected_size:
         raise DataError(
             f"{path}: size {len(content)} bytes does not match its header {shape}: expected "
@@ -168,9 +172,8 @@ def read_idx(directory: str | Path, class_names: list[str] | None) -> RawDataset
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"data.path {directory} is not a directory of IDX files")
-    arrays = {}
-    for key, stem in IDX_FILES.items():
-        arrays[key] = read_idx_file(_find_idx(directory, stem), expected_dims=3 if key.startswith("x") else 1)
+    paths = {key: _find_idx(directory, stem) for key, stem in IDX_FILES.items()}
+    arrays = {key: read_idx_file(path, expected_dims=3 if key.startswith("x") else 1) for key, path in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if images.shape[0] != labels.shape[0]:
@@ -179,8 +182,8 @@ def read_idx(directory: str | Path, class_names: list[str] | None) -> RawDataset
                 f"{IDX_FILES[f'y_{split}']} holds {labels.shape[0]} labels"
             )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DataError(f"{directory}: train images are {arrays['x_train'].shape[1:]}, test images "
-                        f"{arrays['x_test'].shape[1:]}; they must match")
+        raise DataError(f"{paths['x_test']}: test images are {arrays['x_test'].shape[1:]}, but the train images "
+                        f"in {paths['x_train'].name} are {arrays['x_train'].shape[1:]}; they must match")
     num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
     return RawDataset(
         x_train=arrays["x_train"][..., np.newaxis], y_train=arrays["y_train"].astype(np.int64),
@@ -208,7 +211,10 @@ def read_csv(path: str | Path, height: int, width: int, channels: int,
     first_line = path.read_text(errors="replace").split("\n", 1)[0]
     first_field = first_line.split(",", 1)[0].strip()
     has_header = not first_field.lstrip("-").isdigit()
-    table = pd.read_csv(path, header=0 if has_header else None)
+    try:
+        table = pd.read_csv(path, header=0 if has_header else None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV of labels and pixels ({str(error).strip()})") from None
     expected_columns = 1 + height * width * channels
     if table.shape[1] != expected_columns:
         raise DataError(
@@ -217,19 +223,29 @@ def read_csv(path: str | Path, height: int, width: int, channels: int,
         )
     numeric = table.apply(pd.to_numeric, errors="coerce")
     bad = numeric.isna() & table.notna()
+
+    def where(mask: np.ndarray) -> str:
+        row, column = np.argwhere(mask)[0]
+        name = table.columns[column]
+        return f"{path}: line {row + 1 + has_header}, column {name!r}" if isinstance(name, str) else \
+            f"{path}: line {row + 1 + has_header}, column {int(name) + 1}"
+
     if bad.to_numpy().any():
-        row, column = np.argwhere(bad.to_numpy())[0]
-        raise DataError(f"{path}: line {row + 1 + has_header}, column {table.columns[column]!r} "
-                        f"is not a number: {table.iat[row, column]!r}")
+        raise DataError(f"{where(bad.to_numpy())} is not a number: {table.to_numpy()[bad.to_numpy()][0]!r}")
     if numeric.isna().to_numpy().any():
-        row, column = np.argwhere(numeric.isna().to_numpy())[0]
-        raise DataError(f"{path}: line {row + 1 + has_header}, column {table.columns[column]!r} is empty (NaN)")
-    values = numeric.to_numpy()
+        raise DataError(f"{where(numeric.isna().to_numpy())} is empty (NaN)")
+    values = numeric.to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():  # "inf" parses as a number; casting it would wrap around
+        raise DataError(f"{where(~np.isfinite(values))} is not finite")
     if not np.all(values == np.round(values)):
         raise DataError(f"{path}: labels and pixels must be whole numbers (uint8 images)")
+    if values.size and (values[:, 0].min() < 0 or values[:, 0].max() > MAX_CSV_LABEL):
+        raise DataError(f"{path}: labels must lie in 0..{MAX_CSV_LABEL} (class indices), found "
+                        f"{values[:, 0].min():.0f}..{values[:, 0].max():.0f}")
+    if values.size and (values[:, 1:].min() < 0 or values[:, 1:].max() > 255):
+        raise DataError(f"{path}: pixel values must lie in 0..255, found "
+                        f"{values[:, 1:].min():.0f}..{values[:, 1:].max():.0f}")
     labels, pixels = values[:, 0].astype(np.int64), values[:, 1:].astype(np.int64)
-    if labels.size and labels.min() < 0:
-        raise DataError(f"{path}: labels must not be negative, found {labels.min()}")
     num_classes = int(labels.max()) + 1 if labels.size else 0
     return RawDataset(
         x_train=_to_uint8(pixels, path).reshape(-1, height, width, channels),
@@ -326,8 +342,11 @@ def read_source(config: DataConfig, root: str | Path = ".") -> RawDataset:
     else:
         dataset = read_folder(path, *shape, config.class_names)
     if dataset.x_train.shape[1:] != shape:
+        # Name the file that holds the images (csv: data.path is the file; folder images are checked
+        # one by one while reading).
+        where = _find_idx(path, IDX_FILES["x_train"]) if config.source == "idx" else dataset.source
         raise DataError(
-            f"{dataset.source}: images are {dataset.x_train.shape[1:]} (H, W, C) but params declare "
+            f"{where}: images are {dataset.x_train.shape[1:]} (H, W, C) but params declare "
             f"{shape} (data.image_height, data.image_width, data.channels)"
         )
     if config.class_names and config.source in ("keras",):
