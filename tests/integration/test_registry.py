@@ -112,6 +112,15 @@ def test_rollback_moves_champion_back(registry: Registry, versions: dict) -> Non
         rollback_champion(registry.config, registry.root)
 
 
+def test_rollback_command(registry: Registry, versions: dict) -> None:
+    tracking.set_alias(NAME, CHAMPION, versions["strong"][0])
+    tracking.set_version_tag(NAME, versions["strong"][0], "previous_champion", versions["weak"][0])
+    moved = run(["python", "-m", "pipeline", "rollback"], registry.root)
+    assert f"champion moved from v{versions['strong'][0]} back to v{versions['weak'][0]}" in moved.stdout
+    refused = run(["python", "-m", "pipeline", "rollback"], registry.root, check=False)
+    assert refused.returncode == 2 and "first champion" in refused.stderr
+
+
 def test_concurrent_promotions_end_on_the_better_version(registry: Registry, versions: dict) -> None:
     for _ in range(5):
         tracking.set_alias(NAME, CHAMPION, versions["weak"][0])
