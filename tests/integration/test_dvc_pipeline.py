@@ -86,6 +86,17 @@ def test_registered_version_with_aliases_and_lineage(reproduced: Path) -> None:
     assert decision["variant"] == best
 
 
+def test_dvc_metrics_and_plots_render(reproduced: Path) -> None:
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], reproduced).stdout)
+    workspace = next(iter(metrics.values()))["data"]  # one entry: the workspace
+    assert workspace["reports/three_conv/metrics.json"]["data"]["accuracy"] > 0
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], reproduced).stdout)
+    assert not plots.get("errors")
+    rendered = set(plots["data"])
+    assert {f"reports/curves/{variant}.csv" for variant in TINY_VARIANTS} <= rendered
+    assert {f"reports/{variant}/predictions.csv" for variant in TINY_VARIANTS} <= rendered
+
+
 def test_second_repro_does_nothing(reproduced: Path) -> None:
     result = run(["dvc", "repro"], reproduced)
     assert "Running stage" not in result.stdout
