@@ -47,6 +47,25 @@ def check_server(uri: str) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def outage_reported(root: str | Path, doing: str) -> Iterator[None]:
+    """Report a tracking server that went away mid-stage as one TrackingError naming its URI.
+
+    MLflow's own error is a retry traceback; the user needs which server, and what was kept. Errors
+    while the server is up are not MLflow outages and pass through unchanged.
+    """
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as error:
+        try:
+            check_server(tracking_uri(root))
+        except TrackingError as down:
+            raise TrackingError(f"lost the tracking server while {doing}: {down}") from error
+        raise
+
+
 def setup(root: str | Path, experiment_name: str) -> str:
     """Point MLflow at the tracking store and experiment; return the experiment id."""
     import mlflow

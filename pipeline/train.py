@@ -2,7 +2,8 @@
 
 Crash safety lives in a work directory outside DVC's outputs (`.cache/train/<variant>/`), because
 `dvc repro` deletes a stage's outputs before rerunning it:
-- `backup/`: Keras `BackupAndRestore` state, so a killed run continues from its last finished epoch;
+- `backup/`: Keras `BackupAndRestore` state, so a killed run continues from its last finished epoch,
+  and `backup_manifest.json`, the sha256 of that state, which tells a complete backup from a damaged one;
 - `trained/`: the finished model, kept until it is tracked, so a tracking failure never costs a
   retraining. The work directory is removed once the stage has fully succeeded.
 """
@@ -14,6 +15,7 @@ import json
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,17 +51,27 @@ def variant_fingerprint(config: PipelineConfig, variant: str, data_version: str)
 
 
 def _dataset(images: np.ndarray, labels: np.ndarray, settings: TrainConfig, num_classes: int,
-             seed: int, training: bool) -> Any:
+             seed: int, epochs: range | None = None) -> Any:
+    """Batches of (image, target); given `epochs`, the shuffled training batches of those epochs in a row.
+
+    Each epoch is shuffled with a seed made of (seed, epoch number), so its order does not depend on
+    how many epochs this process ran before: a run resumed from a backup gets the very batches the
+    uninterrupted run got. (A reshuffling dataset would restart its sequence of orders after a resume.)
+    """
     import keras
     import tensorflow as tf
 
     targets = labels
     if settings.loss == "categorical_crossentropy":  # one-hot labels, as seeds 000 and 003 do
         targets = keras.utils.to_categorical(labels, num_classes)
-    dataset = tf.data.Dataset.from_tensor_slices((images, targets)).cache()
-    if training:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(settings.batch_size).prefetch(tf.data.AUTOTUNE)
+    examples = tf.data.Dataset.from_tensor_slices((images, targets)).cache()
+    if epochs is None:
+        return examples.batch(settings.batch_size).prefetch(tf.data.AUTOTUNE)
+    batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(
+        # train.epochs <= 1000 (config), so no two (seed, epoch) pairs share a shuffle seed.
+        lambda epoch: examples.shuffle(len(labels), seed=seed * 1000 + epoch, reshuffle_each_iteration=False)
+        .batch(settings.batch_size))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def _optimizer(settings: TrainConfig, steps_per_epoch: int) -> Any:
@@ -81,6 +93,46 @@ def set_determinism(seed: int) -> None:
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+BACKUP_MANIFEST = "backup_manifest.json"
+
+
+def _backup_digests(backup: Path) -> dict[str, str]:
+    return {path.name: file_sha256(path) for path in sorted(backup.iterdir()) if path.is_file()}
+
+
+def _record_backup(work_dir: Path, epochs_done: int) -> None:
+    """Called right after Keras wrote its backup of an epoch: the manifest that vouches for it."""
+    write_json(work_dir / BACKUP_MANIFEST, {"epoch": epochs_done, "files": _backup_digests(work_dir / "backup")})
+
+
+def check_backup(work_dir: Path, epochs: int) -> tuple[int, str | None]:
+    """The epoch an interrupted run's backup resumes from, or why it cannot be trusted.
+
+    Keras overwrites its backup files in place at each epoch end and loads whatever it finds: a kill
+    during that write, or later damage, would resume from the weights of one epoch labelled with
+    another, or restart from epoch 0 with trained weights while looking like a resume. The manifest
+    written after each complete backup is what makes a backup trustworthy.
+
+    Returns:
+        (epoch, None) for a usable backup (0 when there is none); (0, reason) for an unusable one.
+    """
+    backup = work_dir / "backup"
+    if not backup.is_dir() or not any(backup.iterdir()):
+        return 0, None
+    try:
+        manifest = json.loads((work_dir / BACKUP_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return 0, f"no readable {BACKUP_MANIFEST} vouches for it (killed while Keras wrote it?)"
+    changed = set(manifest.get("files", {}).items()) ^ set(_backup_digests(backup).items())
+    if changed:
+        names = ", ".join(sorted({name for name, _ in changed}))
+        return 0, f"{names}: not the files recorded when the backup was written (truncated or modified)"
+    epoch = manifest.get("epoch")
+    if not isinstance(epoch, int) or not 1 <= epoch <= epochs:
+        return 0, f"it records epoch {epoch!r}, not one of 1..{epochs}"
+    return epoch, None
 
 
 def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, work_dir: Path,
@@ -110,15 +162,31 @@ def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, work_d
     steps_per_epoch = int(np.ceil(len(data.y_train) / settings.batch_size))
     model.compile(optimizer=_optimizer(settings, steps_per_epoch), loss=settings.loss,
                   metrics=["accuracy"], jit_compile=settings.jit_compile)
-    train_data = _dataset(data.x_train, data.y_train, settings, data.num_classes, seed, training=True)
-    val_data = _dataset(data.x_val, data.y_val, settings, data.num_classes, seed, training=False)
     # BackupAndRestore makes Keras start at the epoch after the last backup: remember which one.
     epochs_started: list[int] = []
     counter = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_started.append(epoch))
     work_dir.mkdir(parents=True, exist_ok=True)
     history_file = work_dir / "history.csv"
+    backup_dir = work_dir / "backup"
+    resume_epoch, unusable = check_backup(work_dir, settings.epochs)
+    resume_note = f"resuming from the backup in {backup_dir} after epoch {resume_epoch}" if resume_epoch else None
+    if unusable:
+        # Fall back rather than fail: the backup only saves time, and a fit from epoch 0 with the same
+        # seed gives the model an uninterrupted run gives; failing would only make the user delete it.
+        resume_note = f"the backup in {backup_dir} is unusable ({unusable}); training restarts from epoch 0"
+        shutil.rmtree(backup_dir)
+        history_file.unlink(missing_ok=True)  # its rows belong to the abandoned attempt
+    if resume_note:
+        print(f"[train {variant}] {resume_note}", flush=True)
+    train_data = _dataset(data.x_train, data.y_train, settings, data.num_classes, seed,
+                          epochs=range(resume_epoch, settings.epochs))
+    val_data = _dataset(data.x_val, data.y_val, settings, data.num_classes, seed)
+    manifest_file = work_dir / BACKUP_MANIFEST
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
+        # Listed after BackupAndRestore, so called after it: the backup it vouches for is complete.
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: _record_backup(work_dir, epoch + 1),
+                                       on_train_end=lambda logs: manifest_file.unlink(missing_ok=True)),
         keras.callbacks.CSVLogger(str(history_file), append=True),
         counter,
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
@@ -127,8 +195,9 @@ def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, work_d
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
-    fitted = model.fit(train_data, validation_data=val_data, epochs=settings.epochs, callbacks=callbacks,
-                       shuffle=False, verbose=verbose)  # the tf.data pipeline shuffles, seeded
+    # One iterator over all epochs' batches (steps_per_epoch given): Keras does not restart it per epoch.
+    fitted = model.fit(train_data, validation_data=val_data, epochs=settings.epochs, steps_per_epoch=steps_per_epoch,
+                       callbacks=callbacks, shuffle=False, verbose=verbose)  # the tf.data pipeline shuffles
     seconds = time.perf_counter() - started
     epochs_run = len(next(iter(fitted.history.values()), []))
     history = read_history(history_file)
@@ -141,7 +210,8 @@ def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, work_d
         "epochs_requested": settings.epochs,
         "epochs_run": len(history.get("loss", [])),
         "epochs_run_this_process": epochs_run,
-        "resumed_from_epoch": epochs_started[0] if epochs_started else 0,
+        "resumed_from_epoch": epochs_started[0] if epochs_started else resume_epoch,
+        "resume_note": resume_note,
         "train_seconds": round(seconds, 3),
         "images_per_second": round(epochs_run * len(data.y_train) / seconds, 1) if seconds > 0 else None,
         "train_images": len(data.y_train),
@@ -196,7 +266,13 @@ def load_model_checked(path: Path, expected_sha256: str | None = None) -> Any:
         if actual != expected_sha256:
             raise ValueError(f"{path}: sha256 {actual} differs from the recorded {expected_sha256}; "
                              "the file was modified or corrupted after training")
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, TypeError, KeyError, AttributeError, OSError, zipfile.BadZipFile) as error:
+        # Safe mode refuses a Lambda with ValueError but an object from a module outside Keras with
+        # TypeError; either way the caller (and the CLI's one-line error) gets a ValueError naming the file.
+        raise ValueError(f"{path}: refused by Keras safe mode or unreadable "
+                         f"({type(error).__name__}: {error})") from error
 
 
 class WorkDir:
@@ -218,7 +294,7 @@ class WorkDir:
         elif (self.trained / "training.json").is_file():
             note = f"reusing the finished training in {self.trained} (it was not tracked yet)"
         elif self.backup.is_dir() and any(self.backup.iterdir()):
-            note = f"resuming from the backup in {self.backup}"
+            note = f"found the backup of an interrupted run in {self.backup}"  # fit_variant checks it
         else:
             note = None
         self.path.mkdir(parents=True, exist_ok=True)
@@ -293,8 +369,11 @@ def run_training(config: PipelineConfig, variant: str, root: Path, track: bool =
                         "git_commit": git_commit(root)})
     paths = save_trained(result, out_dir)
     if track:
-        result.info.update(_track(config, variant, result, paths, work, experiment_id, extra_tags or {},
-                                  root))
+        kept = (f"logging the run of {variant} (the finished training is kept in {work.trained} and is "
+                "logged without retraining when the stage is rerun)")
+        with tracking.outage_reported(root, kept):
+            result.info.update(_track(config, variant, result, paths, work, experiment_id, extra_tags or {},
+                                      root))
         write_json(out_dir / "run.json", {key: result.info[key] for key in ("run_id", "model_uri")})
     work.close()
     return result.info
@@ -308,8 +387,10 @@ def _track(config: PipelineConfig, variant: str, result: TrainResult, paths: dic
     from pipeline import tracking
     from pipeline.prepare import load_prepared
 
-    if work.run_id_file.is_file():
-        tracking.mark_failed(work.run_id_file.read_text().strip())
+    if work.run_id_file.is_file():  # a run opened by an attempt that died: never leave it RUNNING
+        ghost = work.run_id_file.read_text().strip()
+        if tracking.run_status(ghost) == "RUNNING":
+            tracking.mark_failed(ghost)
     tags = {
         "variant": variant,
         "git_commit": result.info["git_commit"],

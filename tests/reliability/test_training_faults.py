@@ -1,0 +1,194 @@
+"""Training killed mid-epoch, and a damaged resume backup (issue 7, faults 1 and 2).
+
+One project on 2,000 images (1,440 training images, 4 epochs of three_conv). A real
+`python -m pipeline train` is SIGKILLed while an epoch is in progress; a snapshot of that state
+(`.cache/train/three_conv/` with Keras' backup) is shared by the tests, each working on its own copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_params
+from pipeline.ingest import run_ingest
+from pipeline.prepare import load_prepared, run_prepare
+from pipeline.train import BACKUP_MANIFEST, check_backup, fit_variant, load_trained
+from tests.conftest import BIN, make_project, run, tiny_params
+from tests.reliability.faults import kill_group, start, wait_for
+
+pytestmark = pytest.mark.slow
+
+VARIANT = "three_conv"
+EPOCHS = 4
+TRAIN = [str(BIN / "python"), "-m", "pipeline", "train", VARIANT, "--no-track"]
+ACCURACY_TOLERANCE = 0.03
+BACKUP = Path(".cache") / "train" / VARIANT / "backup"  # as the CLI prints it (relative to --root .)
+
+
+def history_rows(work: Path) -> int:
+    history = work / "history.csv"
+    return max(0, len(history.read_text().splitlines()) - 1) if history.is_file() else 0
+
+
+def test_accuracy(model: object, project: Path) -> float:
+    data = load_prepared(project / "data" / "prepared")
+    predicted = np.asarray(model.predict(data.x_test, batch_size=512, verbose=0)).argmax(axis=1)  # type: ignore[attr-defined]
+    return float((predicted == data.y_test).mean())
+
+
+test_accuracy.__test__ = False  # a helper, not a test
+
+
+def weights_digest(model: object) -> str:
+    digest = hashlib.sha256()
+    for array in model.get_weights():  # type: ignore[attr-defined]
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A project whose training was SIGKILLed during an epoch, kept as a snapshot to copy from."""
+    params = tiny_params((VARIANT,))
+    params["data"]["max_images"] = 2000
+    params["train"].update({"epochs": EPOCHS, "early_stopping_patience": EPOCHS})
+    base = tmp_path_factory.mktemp("training-faults")
+    project = make_project(base / "project", params)
+    config = load_params(project / "params.yaml")
+    run_ingest(config, project)
+    run_prepare(config, project)
+    work = project / ".cache" / "train" / VARIANT
+    log = base / "killed.log"
+    process = start(TRAIN, project, log)
+    try:
+        # Time one epoch from the CSV rows, then kill half an epoch after the second one was written:
+        # Keras is inside epoch 3 (its batches, or its validation pass), with epoch 2 backed up.
+        wait_for(lambda: history_rows(work) >= 1, 300, "the first epoch", alive=process, log=log)
+        first = time.monotonic()
+        wait_for(lambda: history_rows(work) >= 2, 300, "the second epoch", alive=process, log=log)
+        epoch_seconds = time.monotonic() - first
+        time.sleep(epoch_seconds / 2)
+        rows_at_kill = history_rows(work)
+    finally:
+        kill_group(process)
+    assert process.returncode == -9
+    assert history_rows(work) == rows_at_kill < EPOCHS, "no epoch ended after the kill"
+    manifest = json.loads((work / BACKUP_MANIFEST).read_text())
+    assert manifest["epoch"] == rows_at_kill, "the kill landed while an epoch was in progress, not at its end"
+    snapshot = base / "snapshot"
+    shutil.copytree(project, snapshot, symlinks=True)
+    return {"snapshot": snapshot, "rows_at_kill": rows_at_kill, "epoch_seconds": epoch_seconds,
+            "killed_output": log.read_text(errors="replace")}
+
+
+@pytest.fixture(scope="module")
+def reference(killed: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same training, never interrupted (in this process)."""
+    project = killed["snapshot"]
+    config = load_params(project / "params.yaml")
+    result = fit_variant(config, VARIANT, load_prepared(project / "data" / "prepared"),
+                         tmp_path_factory.mktemp("reference"), verbose=0)
+    return {"history": result.history, "test_accuracy": test_accuracy(result.model, project),
+            "weights": weights_digest(result.model)}
+
+
+def copy_of(killed: dict, destination: Path) -> Path:
+    shutil.copytree(killed["snapshot"], destination, symlinks=True)
+    return destination
+
+
+def test_kill_mid_epoch_resumes_from_last_completed_epoch(killed: dict, reference: dict, tmp_path: Path) -> None:
+    """Fault: `kill -9` of `python -m pipeline train` while an epoch is in progress (half an epoch
+    after the second epoch's row was written).
+    Expected: the rerun says it resumes from the backup after the last completed epoch, trains only
+    the remaining epochs, and its history holds every epoch once.
+    Tolerance: final test accuracy within 0.03 of an uninterrupted run (|Δ| ≤ 0.03 on 400 test
+    images) in general; here exactly equal (same history, same weights). Resuming used not to be
+    bit-identical: the shuffle order restarted (a reshuffling tf.data pipeline replays the first
+    epochs' orders in a new process), which moved test accuracy by 0.0475 in this very setting;
+    train.py now seeds each epoch's shuffle with (seed, epoch). What still differs in general:
+    EarlyStopping's memory of the best epoch restarts, so when the best epoch came before the kill
+    the resumed run keeps a later epoch's weights (identical weights are asserted only otherwise).
+    """
+    project = copy_of(killed, tmp_path / "project")
+    rows = killed["rows_at_kill"]
+    started = time.monotonic()
+    rerun = run(TRAIN, project, timeout=600)
+    rerun_seconds = time.monotonic() - started
+    output = rerun.stdout + rerun.stderr
+    assert f"resuming from the backup in {BACKUP} after epoch {rows}" in output, output
+    info = json.loads((project / "models" / VARIANT / "training.json").read_text())
+    assert info["resumed_from_epoch"] == rows
+    assert info["epochs_run_this_process"] == EPOCHS - rows
+    assert info["epochs_run"] == EPOCHS
+    trained = load_trained(project / "models" / VARIANT)
+    assert trained.history == reference["history"]  # every epoch, before and after the kill
+    best_epoch = int(np.argmin(reference["history"]["val_loss"]))  # 0-based; EarlyStopping restores it
+    if best_epoch >= rows:  # after the kill, so the resumed EarlyStopping saw it too
+        assert weights_digest(trained.model) == reference["weights"]
+    resumed_accuracy = test_accuracy(trained.model, project)
+    delta = resumed_accuracy - reference["test_accuracy"]
+    print(f"\n[fault 1] epoch {killed['epoch_seconds']:.1f}s, killed during epoch {rows + 1}, rerun "
+          f"{rerun_seconds:.1f}s; test accuracy uninterrupted {reference['test_accuracy']:.4f}, "
+          f"resumed {resumed_accuracy:.4f}, delta {delta:+.4f}")
+    assert abs(delta) <= ACCURACY_TOLERANCE
+    assert not (project / ".cache" / "train" / VARIANT).exists()  # the work directory is removed
+
+
+def test_damaged_backup_is_detected_before_fit(killed: dict, tmp_path: Path) -> None:
+    """Fault: the files of `.cache/train/<variant>/backup/` damaged in three ways (garbled epoch
+    metadata, a weights file with no manifest vouching for it, a flipped byte in the weights).
+    Expected: `check_backup` rejects each with a reason naming the file, before any fit.
+    Tolerance: none (exact).
+    """
+    cases = {
+        "garbled metadata": lambda work: (work / "backup" / "training_metadata.json").write_text('{"epo'),
+        "no manifest": lambda work: (work / BACKUP_MANIFEST).unlink(),
+        "flipped byte": lambda work: _flip_byte(work / "backup" / "latest.weights.h5"),
+    }
+    for case, damage in cases.items():
+        project = copy_of(killed, tmp_path / case.replace(" ", "-"))
+        work = project / ".cache" / "train" / VARIANT
+        assert check_backup(work, EPOCHS) == (killed["rows_at_kill"], None)
+        damage(work)
+        epoch, reason = check_backup(work, EPOCHS)
+        assert epoch == 0 and reason, case
+        expected = {"garbled metadata": "training_metadata.json", "no manifest": BACKUP_MANIFEST,
+                    "flipped byte": "latest.weights.h5"}[case]
+        assert expected in reason, (case, reason)
+
+
+def _flip_byte(path: Path) -> None:
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+def test_truncated_backup_restarts_from_epoch_zero_and_says_so(killed: dict, reference: dict, tmp_path: Path) -> None:
+    """Fault: the resume backup's weights file truncated to half its size (what a kill during
+    Keras' in-place write, or a full disk, leaves), then the stage rerun.
+    Expected: no silent resume and no traceback: the rerun prints that the backup in
+    `.cache/train/<variant>/backup` is unusable and training restarts from epoch 0, records
+    `resumed_from_epoch: 0` with that note in training.json, trains every epoch, and ends with
+    exactly the uninterrupted run's weights (a seeded restart from 0 is the uninterrupted run).
+    Tolerance: none (identical weights).
+    """
+    project = copy_of(killed, tmp_path / "project")
+    weights = project / BACKUP / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    rerun = run(TRAIN, project, timeout=600)
+    output = rerun.stdout + rerun.stderr
+    assert f"the backup in {BACKUP} is unusable" in output, output
+    assert "training restarts from epoch 0" in output and "resuming from the backup" not in output
+    info = json.loads((project / "models" / VARIANT / "training.json").read_text())
+    assert info["resumed_from_epoch"] == 0 and info["epochs_run_this_process"] == EPOCHS
+    assert "unusable" in info["resume_note"] and "latest.weights.h5" in info["resume_note"]
+    trained = load_trained(project / "models" / VARIANT)
+    assert weights_digest(trained.model) == reference["weights"]
