@@ -66,6 +66,23 @@ def outage_reported(root: str | Path, doing: str) -> Iterator[None]:
         raise
 
 
+def _use(uri: str) -> None:
+    """Point this process's MLflow client at `uri` without exporting it.
+
+    `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI in os.environ; left there, it would
+    steer every later `setup()` in the same process (a Prefect worker, the tests) to this store,
+    since the variable is how a user selects a server. Restore the user's value instead.
+    """
+    import mlflow
+
+    chosen = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if chosen is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = chosen
+
+
 def setup(root: str | Path, experiment_name: str) -> str:
     """Point MLflow at the tracking store and experiment; return the experiment id."""
     import mlflow
@@ -74,7 +91,7 @@ def setup(root: str | Path, experiment_name: str) -> str:
         os.environ.setdefault(key, value)
     uri = tracking_uri(root)
     check_server(uri)
-    mlflow.set_tracking_uri(uri)
+    _use(uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
         location = None if uri.startswith("http") else (Path(root).resolve() / "mlruns").as_uri()
@@ -262,7 +279,7 @@ def run_url(root: str | Path, experiment_name: str, run_id: str) -> str:
 
     uri = tracking_uri(root)
     base = os.environ.get("MLFLOW_UI_URL") or (uri if uri.startswith("http") else "http://127.0.0.1:5000")
-    mlflow.set_tracking_uri(uri)
+    _use(uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     experiment_id = experiment.experiment_id if experiment else "0"
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -72,6 +72,17 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_inherited_tracking_uri() -> None:
+    """`mlflow.set_tracking_uri` (called in-process by tests) exports MLFLOW_TRACKING_URI; remove it
+    before a module's own fixtures run (autouse fixtures come first in their scope), so a module
+    fixture that runs the pipeline never writes into an earlier test's MLflow store."""
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _isolated_tracking(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test writes to the developer's MLflow store or shares a lock directory."""
