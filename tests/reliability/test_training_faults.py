@@ -7,7 +7,6 @@ One project on 2,000 images (1,440 training images, 4 epochs of three_conv). A r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -21,6 +20,7 @@ from pipeline.ingest import run_ingest
 from pipeline.prepare import load_prepared, run_prepare
 from pipeline.train import BACKUP_MANIFEST, check_backup, fit_variant, load_trained
 from tests.conftest import BIN, make_project, run, tiny_params
+from tests.integration.test_training import weights_digest
 from tests.reliability.faults import kill_group, start, wait_for
 
 pytestmark = pytest.mark.slow
@@ -44,13 +44,6 @@ def test_accuracy(model: object, project: Path) -> float:
 
 
 test_accuracy.__test__ = False  # a helper, not a test
-
-
-def weights_digest(model: object) -> str:
-    digest = hashlib.sha256()
-    for array in model.get_weights():  # type: ignore[attr-defined]
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
