@@ -30,18 +30,27 @@ def _epoch_clock() -> Any:
             self.train_begin_cpu: float | None = None
             self.epoch_ends: list[float] = []
             self.epoch_ends_cpu: list[float] = []
+            self.steps: list[int] = []  # training steps Keras ran in each epoch
+            self._last_batch = -1
 
         def on_train_begin(self, logs: dict | None = None) -> None:
             self.train_begin, self.train_begin_cpu = time.perf_counter(), time.process_time()
 
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._last_batch = -1
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            self._last_batch = batch  # with steps_per_execution, called once per execution with its last step
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             self.epoch_ends.append(time.perf_counter())
             self.epoch_ends_cpu.append(time.process_time())
+            self.steps.append(self._last_batch + 1)
 
     return EpochClock()
 
 
-def throughput(clock: Any, train_images: int) -> dict[str, Any]:
+def throughput(clock: Any, train_images: int, batch_size: int) -> dict[str, Any]:
     """First epoch (tracing, compilation, warm-up) apart; steady images/s over the later epochs.
 
     The rule: steady throughput = training images x (epochs - 1) / (end of last epoch - end of the
@@ -52,14 +61,19 @@ def throughput(clock: Any, train_images: int) -> dict[str, Any]:
     """
     ends, cpu_ends = clock.epoch_ends, clock.epoch_ends_cpu
     first = ends[0] - clock.train_begin if ends and clock.train_begin else None
+    # Images in the measured epochs: an epoch of Keras may run more steps than one pass over the data
+    # (steps_per_execution not dividing steps_per_epoch over a dataset spanning all epochs).
+    expected_steps = -(-train_images // batch_size)
+    images = sum(min(steps, expected_steps) * train_images / expected_steps + max(0, steps - expected_steps)
+                 * batch_size for steps in clock.steps[1:])
     steady = steady_cpu = None
     if len(ends) >= 2 and ends[-1] > ends[0]:
-        steady = train_images * (len(ends) - 1) / (ends[-1] - ends[0])
+        steady = images / (ends[-1] - ends[0])
     if len(cpu_ends) >= 2 and cpu_ends[-1] > cpu_ends[0]:
-        steady_cpu = train_images * (len(cpu_ends) - 1) / (cpu_ends[-1] - cpu_ends[0])
+        steady_cpu = images / (cpu_ends[-1] - cpu_ends[0])
     epoch_seconds = [round(later - earlier, 4) for earlier, later in itertools.pairwise(ends)]
     return {"first_epoch_seconds": first, "steady_images_per_second": steady,
-            "steady_images_per_cpu_second": steady_cpu, "epochs": len(ends),
+            "steady_images_per_cpu_second": steady_cpu, "epochs": len(ends), "steps_per_epoch_run": clock.steps,
             "later_epoch_seconds": epoch_seconds}
 
 

@@ -165,6 +165,12 @@ def repro_section(result: dict[str, Any], quick: bool) -> list[str]:
                   f"{single['load_1min_at_start']:.2f} at start, {single['load_1min_at_end']:.2f} at end) vs "
                   f"{full['total_seconds']:.1f} s for `dvc repro`. Inside: "
                   + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in functions.items()) + ".", ""]
+    exits = result.get("exit_cost")
+    if exits:
+        lines += [f"**Ending a process that imported TensorFlow** (`python -c 'import tensorflow'`, median of "
+                  f"{len(exits['runs']['normal'])}): {exits['normal_exit_seconds']:.2f} s with the normal interpreter "
+                  f"exit (module teardown), {exits['hard_exit_seconds']:.2f} s with `os._exit(0)`; load "
+                  f"{exits['load_1min']:.2f}. Every train, evaluate and register stage pays the difference.", ""]
     for name, probe in result.get("probes", {}).items():
         lines += probe_section(name, probe)
     return lines

@@ -154,6 +154,31 @@ def training_facts(project: Path) -> dict[str, dict[str, Any]]:
     return facts
 
 
+EXIT_SCRIPT = """
+import os, sys, time
+started = time.perf_counter()
+import tensorflow
+sys.stdout.write(repr(time.perf_counter() - started))
+sys.stdout.flush()
+if sys.argv[1] == "hard":
+    os._exit(0)
+"""
+
+
+def exit_cost(env: dict[str, str], rounds: int) -> dict[str, Any]:
+    """What ending a process that imported TensorFlow costs: a normal interpreter exit vs os._exit(0)
+    (which skips module teardown), alternating. Process wall time minus the time to the import's end."""
+    tails: dict[str, list[float]] = {"normal": [], "hard": []}
+    for round_index in range(rounds):
+        for mode in (("normal", "hard") if round_index % 2 == 0 else ("hard", "normal")):
+            with Clock() as clock:
+                completed = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, mode], env=env, capture_output=True,
+                                           text=True, timeout=300, check=True)
+            tails[mode].append(clock.seconds - float(completed.stdout.strip()))
+    return {"normal_exit_seconds": median(tails["normal"]), "hard_exit_seconds": median(tails["hard"]),
+            "runs": tails, "load_1min": load_average()["1min"]}
+
+
 def one_process(project: Path, env: dict[str, str], work: Path) -> dict[str, Any]:
     """The same stages on a second fresh copy, called in one Python process (benchmarks.flow's direct
     arm: run_ingest ... register_best, then dvc commit): what per-stage processes cost, measured."""
@@ -185,10 +210,13 @@ def measure(project: Path, env: dict[str, str], work: Path, noop_repeats: int, p
             probes[stage] = probe_stage(project, env, work, stage, arguments)
             log(f"  {stage}: {probes[stage]['process_seconds']:.1f}s in its process, "
                 f"imports {probes[stage]['imports_seconds']:.1f}s")
+    log("  cost of a normal exit after importing TensorFlow vs os._exit ...")
+    exits = exit_cost(env, 2)
     single = None
     if second_project is not None:
         log(f"  the same stages in one process, second fresh copy (load {load_average()['1min']:.2f}) ...")
         single = one_process(second_project, env, work)
         log(f"  one process: {single['process_seconds']:.1f}s")
-    return {"full": full, "noop": noop, "probes": probes, "one_process": single, "goal_seconds": 150.0,
+    return {"full": full, "noop": noop, "probes": probes, "one_process": single, "exit_cost": exits,
+            "goal_seconds": 150.0,
             "meets_goal": full["total_seconds"] <= 150.0}

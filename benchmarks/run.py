@@ -42,10 +42,10 @@ VARIANTS = ["swish_nopool", "relu_layers", "same_dropout_dense1000", "three_conv
 PLANS: dict[str, dict[str, Any]] = {
     "full": {
         "throughput": {"rounds": 2, "epochs": 3, "batch_size": 64,
-                       "candidates": {"three_conv": ["no_cache_prefetch", "prefetch_8", "no_determinism",
-                                                     "steps_per_execution_8", "jit_param", "jit_no_determinism"],
-                                      "same_dropout_dense1000": ["no_determinism", "steps_per_execution_8",
-                                                                 "no_backup"]},
+                       "candidates": {"three_conv": ["jit_param", "no_cache_prefetch", "prefetch_8", "no_determinism",
+                                                     "steps_per_execution_19", "jit_no_determinism"],
+                                      "same_dropout_dense1000": ["jit_param", "no_determinism",
+                                                                 "steps_per_execution_19", "no_backup"]},
                        "thread_candidates": ["threads_2_1"], "thread_variant": "three_conv", "thread_rounds": 2},
         "repro": {"overrides": {}, "noop_repeats": 5, "probe_variant": "three_conv", "one_process": True},
         "flow": {"rounds": 2, "images": 1000, "variants": ["three_conv", "relu_layers"], "epochs": 2},
@@ -53,7 +53,8 @@ PLANS: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "throughput": {"rounds": 1, "epochs": 3, "batch_size": 64,
-                       "candidates": {"three_conv": ["no_determinism", "steps_per_execution_8", "jit_no_determinism"]},
+                       "candidates": {"three_conv": ["jit_param", "no_determinism", "steps_per_execution_19",
+                                                     "jit_no_determinism"]},
                        "thread_candidates": [], "thread_variant": "three_conv", "thread_rounds": 0},
         "repro": {"overrides": {"data.max_images": 1000, "train.epochs": 2}, "noop_repeats": 3,
                   "probe_variant": "three_conv", "one_process": False},
