@@ -9,22 +9,27 @@ from typing import Any
 
 
 def stale_stages(root: Path, variants: list[str]) -> set[str]:
-    """Stages `dvc repro` would run: those DVC reports changed, plus everything downstream of them."""
+    """Stages `dvc repro` would run: those DVC reports changed, plus everything downstream of them.
+
+    The `evaluate` stage scores every variant in one process; for the flow, which scores variants
+    as separate tasks, `evaluate@<variant>` entries name the variants that need scoring: all of them
+    when the stage itself changed (its code, params or the data), else those retrained.
+    """
     from dvc.repo import Repo
 
     # DVC resolves output paths against the working directory, so ask from inside the project.
     with contextlib.chdir(root), Repo(".") as repo:
         changed = set(repo.status())
     stale = set(changed)
-    if stale & {"ingest"}:
+    if "ingest" in stale:
         stale.add("prepare")
     for variant in variants:
         if "prepare" in stale:
             stale.add(f"train@{variant}")
-        if f"train@{variant}" in stale:
+        if "prepare" in stale or "evaluate" in changed or f"train@{variant}" in stale:
             stale.add(f"evaluate@{variant}")
     if any(stage.startswith("evaluate@") for stage in stale):
-        stale |= {"compare", "register"}
+        stale |= {"evaluate", "compare", "register"}
     if any(stage.startswith("train@") for stage in stale):
         stale.add("register")
     return stale

@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from flows import dvc_sync
+from pipeline import layout
 from pipeline.compare import write_leaderboard
 from pipeline.config import PipelineConfig, load_params
 from pipeline.evaluate import run_evaluation
@@ -157,7 +158,7 @@ def publish_artifacts(rows: list[dict[str, Any]], decision: dict[str, Any] | Non
     for row in rows:
         run = dvc_sync.read_run(root, row["variant"])
         link = f"[run]({run_url(root, config.mlflow.experiment_name, run['run_id'])})" if run else "-"
-        gallery = (root / "reports" / row["variant"] / "error_gallery.png").as_uri()
+        gallery = (layout.evaluation_dir(root, row["variant"]) / "error_gallery.png").as_uri()
         lines.append(f"| {row['variant']} | {row['val_accuracy']:.4f} | {row['test_accuracy']:.4f} | "
                      f"{row['params']:,} | {link} | [gallery]({gallery}) |")
     if decision:

@@ -88,15 +88,14 @@ def train(variant: Annotated[str, typer.Argument(help="A key of `models` in the 
 
 @app.command()
 @_clear_errors
-def evaluate(variant: Annotated[str, typer.Argument(help="A key of `models` in the params file.")],
+def evaluate(variants: Annotated[list[str] | None, typer.Argument(
+                 help="Keys of `models` in the params file (default: all).", show_default=False)] = None,
              params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
-             track: Annotated[bool, typer.Option(help="Add metrics and pictures to the MLflow run.")] = True) -> None:
-    """Score one trained variant on the test split; write reports/<variant>/."""
-    from pipeline.evaluate import run_evaluation
+             track: Annotated[bool, typer.Option(help="Add metrics and pictures to the MLflow runs.")] = True) -> None:
+    """Score trained variants on the test split; write their reports (metrics, pictures, CSVs)."""
+    from pipeline.evaluate import run_evaluations
 
-    metrics = run_evaluation(_config(params), variant, root, track=track)
-    typer.echo(f"evaluated {variant}: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
-               f"{metrics['errors']} mistakes")
+    run_evaluations(_config(params), root, variants, track=track)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import layout
 from pipeline.config import PipelineConfig
 from pipeline.io import write_text
 
@@ -41,7 +42,7 @@ def leaderboard(config: PipelineConfig, root: Path) -> pd.DataFrame:
     """
     rows = []
     for variant in config.models:
-        metrics_path = root / "reports" / variant / "metrics.json"
+        metrics_path = layout.metrics_file(root, variant)
         training_path = root / "models" / variant / "training.json"
         if not metrics_path.is_file() or not training_path.is_file():
             missing = metrics_path if not metrics_path.is_file() else training_path

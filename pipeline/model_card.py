@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline import layout
 from pipeline.compare import to_markdown
 from pipeline.config import PipelineConfig
 from pipeline.io import read_json
@@ -16,7 +17,7 @@ def model_card(config: PipelineConfig, root: Path, variant: str, decision: dict[
                table: pd.DataFrame) -> str:
     """Render the card of the registered `variant` from the files the earlier stages wrote."""
     prepared = read_json(root / "reports" / "data" / "prepare.json")
-    metrics = read_json(root / "reports" / variant / "metrics.json")
+    metrics = read_json(layout.metrics_file(root, variant))
     training = read_json(root / "models" / variant / "training.json")
     settings = config.train_config(variant)
     layers = "\n".join(f"{index + 1}. `{layer.model_dump(exclude_none=True)}`"
@@ -58,7 +59,7 @@ Gate: test accuracy >= {decision['min_test_accuracy']}; {comparison}.
 
 ## Error gallery
 Most confident mistakes on the test split: `evaluation/error_gallery.png` in the MLflow run,
-`reports/{variant}/error_gallery.png` in the project.
+`reports/evaluation/{variant}/error_gallery.png` in the project.
 
 ## All variants
 {to_markdown(table)}

@@ -36,13 +36,14 @@ def test_every_report_is_written(reproduced: Path) -> None:
     for name in ("ingest.json", "prepare.json", "samples.png", "class_histogram.png"):
         assert (reproduced / "reports" / "data" / name).is_file(), name
     for variant in TINY_VARIANTS:
-        for name in ("metrics.json", "error_gallery.png", "confused_pair_gallery.png", "confusion_matrix.png",
+        for name in ("error_gallery.png", "confused_pair_gallery.png", "confusion_matrix.png",
                      "confusion_matrix.csv", "learning_curves.png", "filters.png", "feature_maps.png",
-                     "predictions.csv", "per_class.json"):
-            assert (reproduced / "reports" / variant / name).is_file(), f"{variant}/{name}"
-        metrics = json.loads((reproduced / "reports" / variant / "metrics.json").read_text())
+                     "per_class.json"):
+            assert (reproduced / "reports" / "evaluation" / variant / name).is_file(), f"{variant}/{name}"
+        metrics = json.loads((reproduced / "reports" / "metrics" / f"{variant}.json").read_text())
         assert 0.1 < metrics["accuracy"] <= 1 and metrics["loss"] > 0
         assert (reproduced / "reports" / "curves" / f"{variant}.csv").read_text().startswith("epoch,")
+        assert (reproduced / "reports" / "predictions" / f"{variant}.csv").read_text().startswith("actual,")
     board = (reproduced / "reports" / "leaderboard.csv").read_text().splitlines()
     assert board[0].startswith("rank,variant,val_accuracy") and len(board) == 1 + len(TINY_VARIANTS)
 
@@ -89,12 +90,12 @@ def test_registered_version_with_aliases_and_lineage(reproduced: Path) -> None:
 def test_dvc_metrics_and_plots_render(reproduced: Path) -> None:
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], reproduced).stdout)
     workspace = next(iter(metrics.values()))["data"]  # one entry: the workspace
-    assert workspace["reports/three_conv/metrics.json"]["data"]["accuracy"] > 0
+    assert workspace["reports/metrics/three_conv.json"]["data"]["accuracy"] > 0
     plots = json.loads(run(["dvc", "plots", "show", "--json"], reproduced).stdout)
     assert not plots.get("errors")
     rendered = set(plots["data"])
     assert {f"reports/curves/{variant}.csv" for variant in TINY_VARIANTS} <= rendered
-    assert {f"reports/{variant}/predictions.csv" for variant in TINY_VARIANTS} <= rendered
+    assert {f"reports/predictions/{variant}.csv" for variant in TINY_VARIANTS} <= rendered
 
 
 def test_second_repro_does_nothing(reproduced: Path) -> None:
@@ -113,7 +114,7 @@ def test_one_variant_change_reruns_only_that_variant(reproduced: Path) -> None:
     assert "Stage 'train@relu_layers' didn't change, skipping" in result.stdout
     assert len(tracking.search_runs([experiment.experiment_id])) == before + 1
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], reproduced).stdout
-    assert "models.three_conv.train.optimizer" in shown and "reports/three_conv/metrics.json:accuracy" in shown
+    assert "models.three_conv.train.optimizer" in shown and "reports/metrics/three_conv.json:accuracy" in shown
 
 
 def test_push_then_pull_into_a_fresh_clone(reproduced: Path, tmp_path: Path) -> None:

@@ -117,5 +117,5 @@ def test_training_error_fails_the_flow_visibly(harness: None, tmp_path: Path) ->
     with pytest.raises(Exception, match="models"):
         state.result()
     # Nothing after training ran: no evaluation, no registration.
-    assert not (project / "reports" / "three_conv").exists()
+    assert not (project / "reports" / "evaluation" / "three_conv").exists()
     assert not (project / "reports" / "registry.json").exists()
