@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -51,4 +52,36 @@ def _file_digest(path: str | Path, digest: hashlib._Hash) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def keras_content_digest(path: str | Path) -> str:
+    """sha256 over a `.keras` file's architecture (config.json) and every stored array (layer
+    weights, optimizer state), read with h5py, without TensorFlow.
+
+    Two saves of the same model have the same digest, though their bytes differ (a `.keras` file
+    records when it was saved): this tells whether two files hold the same model.
+    """
+    import io
+    import zipfile
+
+    import h5py
+    import numpy as np
+
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+            digest.update(json.dumps(config, sort_keys=True).encode())
+            weights_file = io.BytesIO(archive.read("model.weights.h5"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a readable .keras file ({error})") from None
+
+    def add(name: str, item: object) -> None:
+        if isinstance(item, h5py.Dataset):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(item[()]).tobytes())
+
+    with h5py.File(weights_file, "r") as weights:
+        weights.visititems(add)  # in name order: deterministic
     return digest.hexdigest()

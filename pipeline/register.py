@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from statsmodels.stats.contingency_tables import mcnemar
 
-from pipeline import tracking
+from pipeline import layout, tracking
 from pipeline.config import PipelineConfig
 from pipeline.io import read_json, write_json, write_text
-from pipeline.lineage import file_sha256
+from pipeline.lineage import file_sha256, keras_content_digest
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -96,10 +96,17 @@ def test_predictions(model_uri: str, expected_sha256: str | None, images: np.nda
         return np.asarray(model.predict(images, batch_size=512, verbose=0)).argmax(axis=1)
 
 
-def decide(config: PipelineConfig, name: str, version: str, sha256: str, data: Any) -> dict[str, Any]:
-    """Apply the gate to `version` against the current champion (call under the lock)."""
+def decide(config: PipelineConfig, name: str, version: str, sha256: str, data: Any,
+           challenger_predicted: np.ndarray | None = None) -> dict[str, Any]:
+    """Apply the gate to `version` against the current champion (call under the lock).
+
+    `challenger_predicted`: the version's test predictions when already known (register_best reads
+    them from the evaluate stage after checking the registered file holds the evaluated model);
+    otherwise the registered model is downloaded and run.
+    """
     settings = config.registration
-    challenger_predicted = test_predictions(f"models:/{name}/{version}", sha256, data.x_test)
+    if challenger_predicted is None:
+        challenger_predicted = test_predictions(f"models:/{name}/{version}", sha256, data.x_test)
     challenger_correct = challenger_predicted == data.y_test
     accuracy = float(challenger_correct.mean())
     decision: dict[str, Any] = {"test_accuracy": accuracy, "min_test_accuracy": settings.min_test_accuracy,
@@ -137,13 +144,29 @@ def promote(name: str, version: str, previous: str | None) -> None:
 
 
 def gate_and_promote(config: PipelineConfig, root: Path, name: str, version: str, sha256: str,
-                     data: Any) -> dict[str, Any]:
+                     data: Any, challenger_predicted: np.ndarray | None = None) -> dict[str, Any]:
     """Decide and, if the gate passes, promote: one atomic check-and-set under the promotion lock."""
     with promotion_lock(name, root):
-        decision = decide(config, name, version, sha256, data)
+        decision = decide(config, name, version, sha256, data, challenger_predicted)
         if decision["promoted"]:
             promote(name, version, decision["previous_champion"])
     return decision
+
+
+def evaluated_predictions(root: Path, variant: str, data: Any) -> np.ndarray:
+    """The class indices the evaluate stage predicted for the test split, checked against it."""
+    import pandas as pd
+
+    path = layout.predictions_file(root, variant)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; evaluate the variant first (dvc repro)")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    index = {name: number for number, name in enumerate(data.class_names)}
+    expected = [data.class_names[int(label)] for label in data.y_test]
+    if list(table.get("actual", [])) != expected or not set(table.get("predicted", [])) <= set(index):
+        raise ValueError(f"{path} does not match the test split in data/prepared (stale or edited); "
+                         "rerun the evaluate stage: dvc repro -f evaluate")
+    return table["predicted"].map(index).to_numpy(dtype=np.int64)
 
 
 def register_best(config: PipelineConfig, root: Path) -> dict[str, Any]:
@@ -161,11 +184,18 @@ def register_best(config: PipelineConfig, root: Path) -> dict[str, Any]:
     variant = str(table.iloc[0]["variant"])
     run = read_json(root / "models" / variant / "run.json")
     training = read_json(root / "models" / variant / "training.json")
-    metrics = read_json(root / "reports" / variant / "metrics.json")
+    metrics = read_json(layout.metrics_file(root, variant))
     data = load_prepared(root / "data" / "prepared")
+    predicted = evaluated_predictions(root, variant, data)
     tracking.setup(root, config.mlflow.experiment_name)
     with tempfile.TemporaryDirectory() as scratch:
-        sha256 = file_sha256(tracking.download_model_file(run["model_uri"], Path(scratch)))
+        logged = tracking.download_model_file(run["model_uri"], Path(scratch))
+        sha256 = file_sha256(logged)
+        # The gate uses the evaluate stage's predictions: valid only for the very model it scored.
+        if keras_content_digest(logged) != keras_content_digest(layout.model_dir(root, variant) / "model.keras"):
+            raise ValueError(f"the model logged by MLflow run {run['run_id']} is not the one in "
+                             f"{layout.model_dir(root, variant)} that the evaluate stage scored; retrain "
+                             f"the variant: dvc repro -f train@{variant}")
     tags = {"run_id": run["run_id"], "variant": variant, "git_commit": training["git_commit"],
             "data_version": training["data_version"], "params_hash": training["params_hash"],
             "model_sha256": sha256, "val_accuracy": f"{metrics['val_accuracy']:.4f}",
@@ -173,7 +203,7 @@ def register_best(config: PipelineConfig, root: Path) -> dict[str, Any]:
     # Idempotent per run: a retried or repeated stage reuses the version it registered before.
     version = tracking.find_version(name, run["run_id"]) or tracking.register_version(run["model_uri"], name, tags)
     tracking.set_alias(name, CHALLENGER, version)
-    decision = gate_and_promote(config, root, name, version, sha256, data)
+    decision = gate_and_promote(config, root, name, version, sha256, data, challenger_predicted=predicted)
     decision.update({"model_name": name, "version": version, "variant": variant, "run_id": run["run_id"],
                      "val_accuracy": metrics["val_accuracy"], "champion": tracking.alias_version(name, CHAMPION),
                      "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **{
