@@ -42,6 +42,7 @@ def test_concurrent_and_killed_repro(tmp_path: Path) -> None:
     """
     params = tiny_params((VARIANT,))
     params["train"].update({"epochs": 40, "early_stopping_patience": 40})  # a train stage of many seconds
+    params["data"]["max_images"] = 2000  # epochs of about a second: the kill below lands inside one
     project = make_project(tmp_path / "project", params)
     work = project / ".cache" / "train" / VARIANT
     log = tmp_path / "repro-1.log"
@@ -66,7 +67,13 @@ def test_concurrent_and_killed_repro(tmp_path: Path) -> None:
         busy = dvc(["status"], project, check=False)  # refuses too, rather than report a half-written stage
         assert busy.returncode == 1 and f"is being blocked by:\n  (PID {first.pid})" in busy.stderr, busy.stderr
 
-        wait_for(lambda: (work / "backup").is_dir(), 600, "a backed-up epoch", alive=first, log=log)
+        # Kill half an epoch after the second epoch ended: inside epoch 3, with epoch 2 backed up (a
+        # kill while Keras writes its backup is test_training_faults' case: the resume is refused).
+        wait_for(lambda: (work / "history.csv").is_file() and _rows(work) >= 1, 600, "the first epoch",
+                 alive=first, log=log)
+        ended = time.monotonic()
+        wait_for(lambda: _rows(work) >= 2, 600, "the second epoch", alive=first, log=log, interval=0.05)
+        time.sleep((time.monotonic() - ended) / 2)
         assert "Running stage 'train@three_conv'" in log.read_text()
         epochs_done = _rows(work)
         kill_group(first)
