@@ -193,13 +193,21 @@ def one_process(project: Path, env: dict[str, str], work: Path) -> dict[str, Any
 
 
 def measure(project: Path, env: dict[str, str], work: Path, noop_repeats: int, probe_variant: str | None,
-            second_project: Path | None = None, log: Any = print) -> dict[str, Any]:
-    """The full run, then the no-op runs (before anything changes), then the stage probes, then (given a
-    second fresh copy) the same stages in one process."""
+            second_project: Path | None = None, log: Any = print,
+            more_projects: list[Path] | None = None) -> dict[str, Any]:
+    """The full run (and, given `more_projects`, the same full run on each of those fresh copies: the
+    goal is judged on the median), then the no-op runs (before anything changes), then the stage
+    probes, then (given a second fresh copy) the same stages in one process."""
     log(f"  dvc repro (full) in {project} (load {load_average()['1min']:.2f}) ...")
     full = timed_repro(project, env, work / "repro.log")
     full["training"] = training_facts(project)
     log(f"  full dvc repro: {full['total_seconds']:.1f}s, {full['stages_run']} stages")
+    totals = [full["total_seconds"]]
+    for number, extra in enumerate(more_projects or [], start=2):
+        log(f"  full dvc repro #{number} in {extra} (load {load_average()['1min']:.2f}) ...")
+        again = timed_repro(extra, env, work / f"repro-{number}.log")
+        totals.append(again["total_seconds"])
+        log(f"  full dvc repro #{number}: {again['total_seconds']:.1f}s")
     log(f"  no-op dvc repro x{noop_repeats} ...")
     noop = no_op(project, env, work, noop_repeats)
     log(f"  no-op dvc repro: median {noop['median_seconds']:.2f}s")
@@ -218,5 +226,5 @@ def measure(project: Path, env: dict[str, str], work: Path, noop_repeats: int, p
         single = one_process(second_project, env, work)
         log(f"  one process: {single['process_seconds']:.1f}s")
     return {"full": full, "noop": noop, "probes": probes, "one_process": single, "exit_cost": exits,
-            "goal_seconds": 150.0,
-            "meets_goal": full["total_seconds"] <= 150.0}
+            "goal_seconds": 150.0, "full_totals": totals, "median_total_seconds": median(totals),
+            "meets_goal": median(totals) <= 150.0}

@@ -47,7 +47,8 @@ PLANS: dict[str, dict[str, Any]] = {
                                       "same_dropout_dense1000": ["jit_param", "no_determinism",
                                                                  "steps_per_execution_19", "no_backup"]},
                        "thread_candidates": ["threads_2_1"], "thread_variant": "three_conv", "thread_rounds": 2},
-        "repro": {"overrides": {}, "noop_repeats": 5, "probe_variant": "three_conv", "one_process": True},
+        "repro": {"overrides": {}, "noop_repeats": 5, "probe_variant": "three_conv", "one_process": True,
+                  "full_runs": 3},
         "flow": {"rounds": 2, "images": 1000, "variants": ["three_conv", "relu_layers"], "epochs": 2},
         "tracking": {"rounds": 2, "variant": "three_conv"},
     },
@@ -165,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
             def repro_section() -> dict[str, Any]:
                 params = params_with(settings["overrides"])
                 copy = new_project(work / "repro" / "project", params)
+                more = [new_project(work / "repro" / f"run-{number}" / "project", params)
+                        for number in range(2, settings.get("full_runs", 1) + 1)]
                 second = None
                 if settings["one_process"]:
                     second = new_project(work / "repro" / "one-process" / "project", params)
                 result = repro.measure(copy, bench_env(home=work / "repro"), work / "repro",
-                                       settings["noop_repeats"], settings["probe_variant"], second, log=log)
+                                       settings["noop_repeats"], settings["probe_variant"], second, log=log,
+                                       more_projects=more)
                 result["quick"] = bool(settings["overrides"])
                 return result
 

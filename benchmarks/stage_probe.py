@@ -34,8 +34,6 @@ PHASES: dict[str, list[tuple[str, str, str | None]]] = {
         ("params, metrics, artifacts", "pipeline.tracking:log_training", "MLflow logging (_track)"),
         ("log_keras_model", "pipeline.tracking:log_keras_model", "MLflow logging (_track)"),
         ("signature inference", "mlflow.models:infer_signature", "log_keras_model"),
-        ("serving-input validation (reloads the model)", "mlflow.models.utils:_validate_serving_input",
-         "log_keras_model"),
     ],
     "evaluate": [
         ("read params", "pipeline.cli:_config", None),

@@ -3,9 +3,7 @@
 One process alternates the arms (after a warm-up run that also creates the MLflow store), so the
 fixed costs of a process (importing TensorFlow, its first fit) are out of the comparison; importing
 MLflow, which a tracked stage process pays and an untracked one need not, is reported on its own.
-Phase timers split what tracking costs. A third arm measures a candidate: the model logged with
-its signature but without an input example, which skips MLflow's serving-input validation (a
-reload of the model through pyfunc and a prediction).
+Phase timers split what tracking costs.
 
     python -m benchmarks.tracking <spec.json> <result.json>    # the worker
 """
@@ -19,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks.common import alternating, bench_env, median, run_python_worker, spread
 
 TRACKING_PHASES = {
@@ -28,34 +24,14 @@ TRACKING_PHASES = {
     "_track (all logging after the fit)": "pipeline.train:_track",
     "log_training (params, metrics, 4 artifacts)": "pipeline.tracking:log_training",
     "log_keras_model": "pipeline.tracking:log_keras_model",
-    "Keras predict (the example; also inside the validation)": "keras:Model.predict",
     "signature inference": "mlflow.models:infer_signature",
     "mlflow.tensorflow.log_model": "mlflow.tensorflow:log_model",
     "save model in MLflow format": "mlflow.tensorflow:save_model",
-    "serving-input validation (reload + predict)": "mlflow.models.utils:_validate_serving_input",
     "copy model artifacts to the store": "mlflow.tracking.client:MlflowClient.log_model_artifacts",
     "start/end run": "mlflow:start_run",
     "save model files (both arms)": "pipeline.train:save_trained",
     "fit (both arms)": "keras:Model.fit",
 }
-
-
-def log_keras_model_without_example(model: Any, example: Any, name: str = "model") -> str:
-    """pipeline.tracking.log_keras_model with the signature but no input_example (so MLflow does not
-    reload the model to validate it), the output schema from a direct call instead of `predict`
-    (which traces a predict function for five images): the candidate."""
-    import keras
-    import mlflow
-    import mlflow.tensorflow
-    import tensorflow as tf
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(example, np.asarray(model(example, training=False)))
-    info = mlflow.tensorflow.log_model(
-        model, name=name, signature=signature,
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                          f"mlflow=={mlflow.__version__}"])
-    return info.model_uri
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +42,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     import pipeline.lineage  # noqa: F401
     from benchmarks.instruments import phase_timers
-    from pipeline import tracking, train
+    from pipeline import train
     from pipeline.config import load_params
 
     base_imports = time.perf_counter() - started
@@ -81,10 +57,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     begun = time.perf_counter()
     train.run_training(warm, spec["variant"], root, track=True)  # first fit of the process; creates the store
     warm_up = time.perf_counter() - begun
-    original = tracking.log_keras_model
     runs = []
     for index, arm in enumerate(spec["sequence"]):
-        tracking.log_keras_model = log_keras_model_without_example if arm == "lean" else original
         totals: dict[str, float] = {}
         begun, begun_cpu = time.perf_counter(), time.process_time()
         with phase_timers(TRACKING_PHASES, totals):
@@ -92,7 +66,6 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         runs.append({"index": index, "arm": arm, "seconds": time.perf_counter() - begun,
                      "cpu_seconds": time.process_time() - begun_cpu, "load_1min": os.getloadavg()[0],
                      "train_seconds": info["train_seconds"], "phases": totals})
-    tracking.log_keras_model = original
     return {"base_imports_seconds": base_imports, "mlflow_imports_seconds": mlflow_imports,
             "warm_up_seconds": warm_up, "runs": runs}
 
@@ -100,7 +73,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def measure(project: Path, work: Path, variant: str, rounds: int, log: Any = print) -> dict[str, Any]:
     from benchmarks.common import load_average
 
-    arms = ["off", "on", "lean"]
+    arms = ["off", "on"]
     sequence = [arm for round_index in range(rounds) for arm in alternating(arms, round_index)]
     load = load_average()["1min"]
     log(f"  {variant}: {len(sequence)} runs of the train stage function in one process (load {load:.2f}) ...")
@@ -118,13 +91,11 @@ def measure(project: Path, work: Path, variant: str, rounds: int, log: Any = pri
             values.append(by_arm[arm] / by_arm["off"])
         return values
 
-    on, lean = ratios("on"), ratios("lean")
+    on = ratios("on")
     off_seconds = median(row["seconds"] for row in runs if row["arm"] == "off")
     phases: dict[str, float] = {}
     for name in TRACKING_PHASES:
         phases[name] = median(row["phases"].get(name, 0.0) for row in runs if row["arm"] == "on")
-    lean_phases = {name: median(row["phases"].get(name, 0.0) for row in runs if row["arm"] == "lean")
-                   for name in TRACKING_PHASES}
     overhead = median(on) - 1
     tracking_only = ("tracking setup (store, experiment)", "_track (all logging after the fit)")
 
@@ -138,14 +109,12 @@ def measure(project: Path, work: Path, variant: str, rounds: int, log: Any = pri
         return median(values)
     return {"variant": variant, "rounds": rounds, "runs": runs, "off_seconds": off_seconds,
             "on_seconds": median(row["seconds"] for row in runs if row["arm"] == "on"),
-            "lean_seconds": median(row["seconds"] for row in runs if row["arm"] == "lean"),
             "overhead": overhead, "overhead_range": [value - 1 for value in spread(on)],
-            "lean_overhead": median(lean) - 1, "cpu_overhead": median(ratios("on", "cpu_seconds")) - 1,
-            "cpu_lean_overhead": median(ratios("lean", "cpu_seconds")) - 1,
-            "attributed_overhead": attributed("on"), "attributed_lean_overhead": attributed("lean"),
+            "cpu_overhead": median(ratios("on", "cpu_seconds")) - 1,
+            "attributed_overhead": attributed("on"),
             "mlflow_import_seconds": result["mlflow_imports_seconds"],
             "overhead_with_mlflow_import": (median(on) - 1) + result["mlflow_imports_seconds"] / off_seconds,
-            "phases_on": phases, "phases_lean": lean_phases, "warm_up_seconds": result["warm_up_seconds"],
+            "phases_on": phases, "warm_up_seconds": result["warm_up_seconds"],
             "goal": 0.03, "meets_goal": attributed("on") <= 0.03, "load_1min_at_start": load,
             "load_1min_at_end": load_average()["1min"]}
 
