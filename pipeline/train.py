@@ -98,6 +98,26 @@ def set_determinism(seed: int) -> None:
 BACKUP_MANIFEST = "backup_manifest.json"
 
 
+def _seed_augmentation_per_epoch(model: Any, seed: int) -> Any:
+    """A callback giving the augmentation layers' random state a value made of (seed, epoch) at each
+    epoch start, as `_dataset` does for the shuffle order.
+
+    Keras saves weights, not the augmentation layers' random-generator state: after a resume from a
+    backup the layers would restart their random sequence, and the resumed run would train on other
+    augmented images than the uninterrupted one.
+    """
+    import keras
+
+    generators = [layer.generator for layer in model.layers if layer.name.startswith("augment_")]
+
+    def reset(epoch: int, logs: Any = None) -> None:
+        for index, generator in enumerate(generators):
+            # [key, counter]: the counter advances by one per batch, so epochs stay 2**20 batches apart.
+            generator.state.assign(np.array([seed + index, epoch << 20], dtype=generator.state.dtype))
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=reset)
+
+
 def _backup_digests(backup: Path) -> dict[str, str]:
     return {path.name: file_sha256(path) for path in sorted(backup.iterdir()) if path.is_file()}
 
@@ -189,6 +209,7 @@ def fit_variant(config: PipelineConfig, variant: str, data: PreparedData, work_d
                                        on_train_end=lambda logs: manifest_file.unlink(missing_ok=True)),
         keras.callbacks.CSVLogger(str(history_file), append=True),
         counter,
+        _seed_augmentation_per_epoch(model, seed),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
                                       restore_best_weights=True),
     ]

@@ -51,7 +51,9 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A project whose training was SIGKILLed during an epoch, kept as a snapshot to copy from."""
     params = tiny_params((VARIANT,))
     params["data"]["max_images"] = 2000
-    params["train"].update({"epochs": EPOCHS, "early_stopping_patience": EPOCHS})
+    params["train"].update({"epochs": EPOCHS, "early_stopping_patience": EPOCHS,
+                            # all three augmentation layers: their random state must resume too
+                            "augment": {"rotation": 0.05, "translation": 0.1, "zoom": 0.1}})
     base = tmp_path_factory.mktemp("training-faults")
     project = make_project(base / "project", params)
     config = load_params(project / "params.yaml")
