@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -243,29 +244,49 @@ def _grid(count: int, max_cols: int) -> tuple[int, int]:
     return math.ceil(count / cols), cols
 
 
-def filters_figure(kernels: np.ndarray, title: str, max_filters: int = 64) -> Figure:
-    """First-layer conv kernels (kh, kw, in_channels, filters), averaged over input channels.
+def _mosaic(tiles: Sequence[np.ndarray], cols: int, gap: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """2-D tiles of one shape on a grid, `gap` NaN pixels apart (drawn in the colormap's "bad" colour);
+    also each tile's centre in the mosaic's pixel coordinates (x, y)."""
+    height, width = tiles[0].shape
+    rows = math.ceil(len(tiles) / cols)
+    mosaic = np.full((rows * (height + gap) - gap, cols * (width + gap) - gap), np.nan)
+    centres = []
+    for index, tile in enumerate(tiles):
+        top, left = (index // cols) * (height + gap), (index % cols) * (width + gap)
+        mosaic[top:top + height, left:left + width] = tile
+        centres.append((left + (width - 1) / 2, top + (height - 1) / 2))
+    return mosaic, centres
 
-    All filters share one symmetric colour scale, so their weights are comparable.
+
+def _colormap(name: str) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps[name].with_extremes(bad="white")
+
+
+def filters_figure(kernels: np.ndarray, title: str, max_filters: int = 64) -> Figure:
+    """First-layer conv kernels (kh, kw, in_channels, filters), averaged over input channels, on one
+    grid, each numbered above it.
+
+    All filters share one symmetric colour scale, so their weights are comparable. (One image, not
+    one Axes per filter: 64 Axes took about a second to lay out and draw.)
     """
     kernels = np.asarray(kernels, dtype=float)
     if kernels.ndim != 4:
         raise ValueError(f"kernels must be shaped (kh, kw, in_channels, filters), got {kernels.shape}.")
     averaged = kernels.mean(axis=2)
-    count = min(averaged.shape[-1], max_filters)
-    rows, cols = _grid(count, 8)
-    figure = Figure(figsize=(1.1 * cols + 0.5, 1.2 * rows + 0.7), layout="constrained")
-    axes = figure.subplots(rows, cols, squeeze=False).ravel()
-    limit = float(np.abs(averaged).max()) or 1.0
-    for index, ax in enumerate(axes):
-        if index >= count:
-            ax.set_axis_off()
-            continue
-        ax.imshow(averaged[..., index], cmap="gray", vmin=-limit, vmax=limit, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(str(index), fontsize=TITLE_FONT)
     kh, kw, in_channels, filters = kernels.shape
+    count = min(filters, max_filters)
+    rows, cols = _grid(count, 8)
+    gap = max(1, round(0.35 * kh))  # room for the numbers
+    mosaic, centres = _mosaic([averaged[..., index] for index in range(count)], cols, gap)
+    limit = float(np.abs(averaged).max()) or 1.0
+    figure = Figure(figsize=(1.1 * cols + 0.5, 1.2 * rows + 0.7), layout="constrained")
+    ax = figure.subplots()
+    ax.imshow(mosaic, cmap=_colormap("gray"), vmin=-limit, vmax=limit, interpolation="nearest")
+    for index, (x, y) in enumerate(centres):
+        ax.text(x, y - kh / 2, str(index), ha="center", va="bottom", fontsize=TITLE_FONT - 1)
+    ax.set_axis_off()
     note = f"{filters} filters {kh}x{kw}" + (
         f", mean of {in_channels} input channels" if in_channels > 1 else ""
     )
@@ -276,7 +297,8 @@ def filters_figure(kernels: np.ndarray, title: str, max_filters: int = 64) -> Fi
 def feature_maps_figure(
     feature_maps: list[tuple[str, np.ndarray]], image: np.ndarray, title: str, max_maps: int = 16
 ) -> Figure:
-    """One row per conv layer: the input image, then up to `max_maps` channels of its activation.
+    """One row per conv layer: the input image, then up to `max_maps` channels of its activation side
+    by side, each on its own colour scale (min to max), labelled `ch <n>` below.
 
     Args:
         feature_maps: (layer name, activation shaped (H, W, channels)) per layer.
@@ -288,34 +310,55 @@ def feature_maps_figure(
         raise ValueError("feature_maps is empty; pass one (layer name, activation) per conv layer.")
     if max_maps < 1:
         raise ValueError(f"max_maps must be at least 1, got {max_maps}.")
-    maps = [(name, np.asarray(values)) for name, values in feature_maps]
+    maps = [(name, np.asarray(values, dtype=float)) for name, values in feature_maps]
     for name, values in maps:
         if values.ndim != 3:
             raise ValueError(f"Activation of {name} must be shaped (H, W, channels), got {values.shape}.")
     cols = 1 + min(max_maps, max(values.shape[-1] for _, values in maps))
     figure = Figure(figsize=(1.15 * cols + 0.6, 1.35 * len(maps) + 0.6), layout="constrained")
-    axes = figure.subplots(len(maps), cols, squeeze=False)
-    for row, (name, values) in zip(axes, maps, strict=True):
-        _show_image(row[0], image)
+    axes = figure.subplots(len(maps), 2, squeeze=False, width_ratios=[1, cols - 1])
+    for (image_ax, maps_ax), (name, values) in zip(axes, maps, strict=True):
+        _show_image(image_ax, image)
         height, width, channels = values.shape
-        row[0].set_ylabel(f"{name}\n{height}x{width}x{channels}", fontsize=TITLE_FONT)
-        for channel, ax in enumerate(row[1:]):
-            if channel >= channels:
-                ax.set_axis_off()
-                continue
-            ax.imshow(values[..., channel], cmap="viridis", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"ch {channel}", fontsize=TITLE_FONT - 1)
+        image_ax.set_ylabel(f"{name}\n{height}x{width}x{channels}", fontsize=TITLE_FONT)
+        shown = min(channels, max_maps)
+        tiles = []
+        for channel in range(shown):
+            low, high = values[..., channel].min(), values[..., channel].max()
+            tiles.append((values[..., channel] - low) / (high - low) if high > low else np.zeros((height, width)))
+        strip, centres = _mosaic(tiles, cols - 1, max(1, round(0.1 * width)))
+        maps_ax.imshow(strip, cmap=_colormap("viridis"), vmin=0, vmax=1, interpolation="nearest")
+        maps_ax.set_anchor("W")
+        maps_ax.set_xticks([x for x, _ in centres], [f"ch {channel}" for channel in range(shown)],
+                           fontsize=TITLE_FONT - 1)
+        maps_ax.set_yticks([])
+        maps_ax.tick_params(length=0)
+        for spine in maps_ax.spines.values():
+            spine.set_visible(False)
     axes[0, 0].set_title("input", fontsize=TITLE_FONT - 1)
     figure.suptitle(title, fontsize=11)
     return figure
 
 
+def image_strip(images: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Images of one shape side by side, separated by `gap` columns of the brightest value (white)."""
+    tiles = [np.asarray(image) for image in images]
+    if not tiles:
+        raise ValueError("image_strip needs at least one image")
+    bright = 255 if tiles[0].dtype == np.uint8 else 1.0
+    spacer = np.full((tiles[0].shape[0], gap, *tiles[0].shape[2:]), bright, dtype=tiles[0].dtype)
+    columns: list[np.ndarray] = []
+    for tile in tiles:
+        columns += [spacer, tile] if columns else [tile]
+    return np.concatenate(columns, axis=1)
+
+
 def samples_per_class_figure(
-    images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], per_class: int = 8, seed: int = 0
+    images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], per_class: int = 8, seed: int = 0,
+    gap: int = 2,
 ) -> Figure:
-    """One row per class, labelled with its name and count, of up to `per_class` seeded samples."""
+    """One row per class, labelled with its name and count: up to `per_class` seeded samples side by
+    side (one strip per row: a grid of one Axes per image took seconds to lay out and draw)."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(
@@ -325,22 +368,18 @@ def samples_per_class_figure(
         raise ValueError(f"per_class must be at least 1, got {per_class}.")
     rng = np.random.default_rng(seed)
     figure = Figure(figsize=(1.0 * per_class + 1.4, 1.05 * len(class_names) + 0.5), layout="constrained")
-    axes = figure.subplots(len(class_names), per_class, squeeze=False)
-    for class_index, (name, row) in enumerate(zip(class_names, axes, strict=True)):
+    axes = figure.subplots(len(class_names), 1, squeeze=False)[:, 0]
+    for class_index, (name, ax) in enumerate(zip(class_names, axes, strict=True)):
         members = np.flatnonzero(labels == class_index)
         chosen = np.sort(rng.choice(members, size=min(per_class, members.size), replace=False))
-        for ax in row[chosen.size :]:
-            ax.set_axis_off()
-        for ax, index in zip(row, chosen, strict=False):
-            _show_image(ax, images[index])
-        if chosen.size == 0:  # keep the axis so the row still carries its label
-            row[0].set_axis_on()
-            row[0].set_xticks([])
-            row[0].set_yticks([])
-            row[0].text(0.5, 0.5, "no images", ha="center", va="center", fontsize=TITLE_FONT)
-        row[0].set_ylabel(
-            f"{name}\n(n={members.size})", fontsize=TITLE_FONT, rotation=0, ha="right", va="center"
-        )
+        if chosen.size:
+            _show_image(ax, image_strip([images[index] for index in chosen], gap))
+            ax.set_anchor("W")  # short rows (few images) start at the left like the others
+        else:  # keep the axis so the row still carries its label
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "no images", ha="center", va="center", fontsize=TITLE_FONT)
+        ax.set_ylabel(f"{name}\n(n={members.size})", fontsize=TITLE_FONT, rotation=0, ha="right", va="center")
     figure.suptitle(f"Samples per class ({len(labels)} images)", fontsize=11)
     return figure
 

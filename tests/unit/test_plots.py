@@ -166,10 +166,18 @@ def test_save_figure_writes_png_atomically(tmp_path):
 def test_filters_figure(in_channels, filters, shown):
     kernels = np.random.default_rng(0).normal(size=(5, 5, in_channels, filters))
     figure = plots.filters_figure(kernels, "conv2d")
-    axes = image_axes(figure)
-    assert len(axes) == shown
-    assert [ax.get_title() for ax in axes] == [str(index) for index in range(shown)]
-    np.testing.assert_allclose(axes[1].images[0].get_array(), kernels[..., 1].mean(axis=2))
+    (ax,) = image_axes(figure)
+    assert [text.get_text() for text in ax.texts] == [str(index) for index in range(shown)]
+    mosaic = np.ma.getdata(ax.images[0].get_array())
+    gap = 2  # round(0.35 * 5)
+    cols = min(shown, 8)
+    assert mosaic.shape == (-(-shown // cols) * (5 + gap) - gap, cols * (5 + gap) - gap)
+    np.testing.assert_allclose(mosaic[:5, 5 + gap:10 + gap], kernels[..., 1].mean(axis=2))  # filter 1
+    last_row, last_col = divmod(shown - 1, cols)
+    top, left = last_row * (5 + gap), last_col * (5 + gap)
+    np.testing.assert_allclose(mosaic[top:top + 5, left:left + 5], kernels[..., shown - 1].mean(axis=2))
+    assert np.isnan(mosaic[:, 5:5 + gap]).all()  # the gap
+    assert (f"first {shown} shown" in figure.get_suptitle()) == (shown < filters)
     with pytest.raises(ValueError, match="kh, kw"):
         plots.filters_figure(kernels[..., 0], "wrong rank")
 
@@ -180,9 +188,17 @@ def test_feature_maps_figure(channels):
     image = rng.uniform(0, 1, (12, 12, channels))
     maps = [("conv2d", rng.random((10, 10, 20))), ("conv2d_1", rng.random((4, 4, 5)))]
     figure = plots.feature_maps_figure(maps, image, "maps", max_maps=8)
-    assert len(image_axes(figure)) == 2 * (1 + 8) - 3  # second layer has 5 channels, 3 cells empty
+    axes = image_axes(figure)
+    assert len(axes) == 4  # per layer: the input image, then its channels side by side
     row_labels = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
     assert row_labels == ["conv2d\n10x10x20", "conv2d_1\n4x4x5"]
+    first, second = axes[1], axes[3]
+    assert [label.get_text() for label in first.get_xticklabels()] == [f"ch {index}" for index in range(8)]
+    assert [label.get_text() for label in second.get_xticklabels()] == [f"ch {index}" for index in range(5)]
+    strip = np.ma.getdata(first.images[0].get_array())
+    channel = maps[0][1][..., 3]
+    tile = strip[:, 3 * (10 + 1):3 * (10 + 1) + 10]  # gap round(0.1 * 10) = 1
+    np.testing.assert_allclose(tile, (channel - channel.min()) / (channel.max() - channel.min()))
     with pytest.raises(ValueError, match="empty"):
         plots.feature_maps_figure([], image, "none")
 
@@ -190,19 +206,30 @@ def test_feature_maps_figure(channels):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_samples_per_class_figure(channels):
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (30, 6, 6, channels), dtype=np.uint8)
+    images = rng.integers(0, 255, (30, 6, 6, channels), dtype=np.uint8)  # 255 is the gap colour
     labels = np.array([0] * 12 + [1] * 3 + [2] * 15)
     names = ["zero", "one", "two"]
-    figure = plots.samples_per_class_figure(images, labels, names, per_class=4, seed=3)
-    assert len(image_axes(figure)) == 4 + 3 + 4
+    figure = plots.samples_per_class_figure(images, labels, names, per_class=4, seed=3, gap=2)
+    strips = [ax.images[0].get_array() for ax in image_axes(figure)]
+    assert [strip.shape[1] for strip in strips] == [4 * 6 + 3 * 2, 3 * 6 + 2 * 2, 4 * 6 + 3 * 2]
     row_labels = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
     assert row_labels == ["zero\n(n=12)", "one\n(n=3)", "two\n(n=15)"]
-    again = plots.samples_per_class_figure(images, labels, names, per_class=4, seed=3)
-    for first, second in zip(image_axes(figure), image_axes(again), strict=True):
-        np.testing.assert_array_equal(first.images[0].get_array(), second.images[0].get_array())
-    pictured = [ax.images[0].get_array() for ax in image_axes(figure)[:4]]
-    zero_images = images[:12] if channels == 3 else images[:12, ..., 0]
-    assert all(any(np.array_equal(picture, candidate) for candidate in zero_images) for picture in pictured)
+    again = plots.samples_per_class_figure(images, labels, names, per_class=4, seed=3, gap=2)
+    for first, second in zip(strips, (ax.images[0].get_array() for ax in image_axes(again)), strict=True):
+        np.testing.assert_array_equal(first, second)
+    pictures = images if channels == 3 else images[..., 0]
+    for strip, members in zip(strips, (pictures[:12], pictures[12:15], pictures[15:]), strict=True):
+        tiles = [np.asarray(strip[:, start:start + 6]) for start in range(0, strip.shape[1], 6 + 2)]
+        assert all(any(np.array_equal(tile, member) for member in members) for tile in tiles)
+        assert len({tile.tobytes() for tile in tiles}) == len(tiles)  # no image twice
+        assert (np.asarray(strip[:, 6:8]) == 255).all()  # the gap between the first two
+
+
+def test_samples_per_class_row_without_images():
+    images = np.zeros((4, 5, 5, 1), dtype=np.uint8)
+    figure = plots.samples_per_class_figure(images, np.array([0, 0, 0, 0]), ["zero", "one"], per_class=3)
+    assert len(image_axes(figure)) == 1
+    assert [text.get_text() for ax in figure.axes for text in ax.texts] == ["no images"]
 
 
 def test_class_histogram_figure():
