@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
@@ -38,36 +39,40 @@ from pipeline.train import run_training
 # tracking server / registry (evaluate logs to MLflow; registering is idempotent per run id).
 # Training is never retried silently: a failed fit fails the flow run.
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5)}
+# DVC decides what reruns (stale_stages below), never Prefect's result cache: with result persistence
+# turned on (PREFECT_RESULTS_PERSIST_BY_DEFAULT), a "cached" train task would skip training and leave
+# stale files. NO_CACHE also spares hashing each task's inputs and source on every run.
+STAGE = {"cache_policy": NO_CACHE}
 
 
-@task(name="ingest", **IO_RETRIES)
+@task(name="ingest", **STAGE, **IO_RETRIES)
 def ingest_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
     return run_ingest(config, root)
 
 
-@task(name="prepare")
+@task(name="prepare", **STAGE)
 def prepare_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
     return run_prepare(config, root)
 
 
-@task(name="train", task_run_name="train-{variant}")
+@task(name="train", task_run_name="train-{variant}", **STAGE)
 def train_task(config: PipelineConfig, variant: str, root: Path, flow_run_id: str) -> dict[str, Any]:
     # The run group travels as a tag: on Dask the task runs in another process than the flow.
     return run_training(config, variant, root, extra_tags={"prefect_flow_run_id": flow_run_id,
                                                            "run_group": f"prefect-{flow_run_id}"})
 
 
-@task(name="evaluate", task_run_name="evaluate-{variant}", **IO_RETRIES)
+@task(name="evaluate", task_run_name="evaluate-{variant}", **STAGE, **IO_RETRIES)
 def evaluate_task(config: PipelineConfig, variant: str, root: Path) -> dict[str, float]:
     return run_evaluation(config, variant, root)
 
 
-@task(name="compare")
+@task(name="compare", **STAGE)
 def compare_task(config: PipelineConfig, root: Path) -> list[dict[str, Any]]:
     return write_leaderboard(config, root).to_dict(orient="records")
 
 
-@task(name="register", **IO_RETRIES)
+@task(name="register", **STAGE, **IO_RETRIES)
 def register_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
     return register_best(config, root)
 
