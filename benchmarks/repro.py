@@ -80,7 +80,7 @@ def parse_importtime(stderr: str) -> dict[str, Any]:
     return {"total_seconds": total, "packages": packages}
 
 
-def probe_stage(project: Path, env: dict[str, str], work: Path, stage: str, arguments: list[str]) -> dict[str, Any]:
+def probe_stage(project: Path, env: dict[str, str], work: Path, stage: str, arguments: list[Any]) -> dict[str, Any]:
     """Rerun one stage in a new process with phase timers and -X importtime; add process start/exit time."""
     work.mkdir(parents=True, exist_ok=True)
     spec_file, result_file = work / f"probe-{stage}.spec.json", work / f"probe-{stage}.result.json"
@@ -213,7 +213,7 @@ def measure(project: Path, env: dict[str, str], work: Path, noop_repeats: int, p
     log(f"  no-op dvc repro: median {noop['median_seconds']:.2f}s")
     probes = {}
     if probe_variant:
-        for stage, arguments in (("train", [probe_variant]), ("evaluate", [probe_variant]), ("register", [])):
+        for stage, arguments in (("train", [probe_variant]), ("evaluate", [[probe_variant]]), ("register", [])):
             log(f"  probing the {stage} stage (load {load_average()['1min']:.2f}) ...")
             probes[stage] = probe_stage(project, env, work, stage, arguments)
             log(f"  {stage}: {probes[stage]['process_seconds']:.1f}s in its process, "

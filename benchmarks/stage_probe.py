@@ -58,7 +58,9 @@ PHASES: dict[str, list[tuple[str, str, str | None]]] = {
         ("leaderboard", "pipeline.compare:leaderboard", None),
         ("load prepared data", "pipeline.prepare:load_prepared", None),
         ("tracking setup", "pipeline.tracking:setup", None),
+        ("evaluate stage's predictions", "pipeline.register:evaluated_predictions", None),
         ("download model files", "pipeline.tracking:download_model_file", None),
+        ("content digests (h5py)", "pipeline.register:keras_content_digest", None),
         ("register version", "pipeline.tracking:register_version", None),
         ("gate (McNemar) + promote", "pipeline.register:gate_and_promote", None),
         ("test predictions (load + predict)", "pipeline.register:test_predictions", "gate (McNemar) + promote"),
@@ -73,8 +75,7 @@ IMPORTS = {
     "train": ["pipeline.cli", "pipeline.train", "pipeline.lineage", "dvc_data.hashfile.build", "dvc.fs", "mlflow",
               "tensorflow", "keras", "pandas", "mlflow.tensorflow", "mlflow.models"],
     "evaluate": ["pipeline.cli", "pipeline.evaluate", "pipeline.train", "tensorflow", "keras", "mlflow"],
-    "register": ["pipeline.cli", "pipeline.register", "pipeline.compare", "pipeline.model_card", "mlflow",
-                 "tensorflow", "keras"],
+    "register": ["pipeline.cli", "pipeline.register", "pipeline.compare", "pipeline.model_card", "mlflow", "h5py"],
 }
 
 
