@@ -113,9 +113,12 @@ def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def measure(work: Path, rounds: int, images: int, variants: list[str], epochs: int, log: Any = print
-            ) -> dict[str, Any]:
-    params = params_with({"data.max_images": images, "train.epochs": epochs}, variants)
+def measure(work: Path, rounds: int, images: int | None, variants: list[str] | None, epochs: int | None,
+            log: Any = print) -> dict[str, Any]:
+    """None for images, variants or epochs keeps the default params' (the run a deployment schedules)."""
+    overrides = {key: value for key, value in (("data.max_images", images), ("train.epochs", epochs))
+                 if value is not None}
+    params = params_with(overrides, variants)
     runs: list[dict[str, Any]] = []
     loads = []
     for round_index in range(rounds):

@@ -231,7 +231,9 @@ def noop_section(result: dict[str, Any]) -> list[str]:
 
 def flow_section(result: dict[str, Any]) -> list[str]:
     lines = ["## 4. Prefect flow vs the same stage functions called directly", "",
-             f"{result['images']} images, variants {', '.join(result['variants'])}, {result['epochs']} epochs, "
+             (f"{result['images']} images, variants {', '.join(result['variants'])}, {result['epochs']} epochs"
+              if result.get("variants") else "The default params (all 5,000 images, all variants, their epochs)")
+             + ", "
              f"fresh project copies, force=True, {result['rounds']} rounds alternating; load "
              f"{_load(result['load_1min_during'])}.", ""]
     lines += ["Two measures: *wall* = flow run / direct run of the same round - 1 (median of rounds; includes "

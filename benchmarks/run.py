@@ -49,7 +49,8 @@ PLANS: dict[str, dict[str, Any]] = {
                        "thread_candidates": ["threads_2_1"], "thread_variant": "three_conv", "thread_rounds": 2},
         "repro": {"overrides": {}, "noop_repeats": 5, "probe_variant": "three_conv", "one_process": True,
                   "full_runs": 3},
-        "flow": {"rounds": 2, "images": 1000, "variants": ["three_conv", "relu_layers"], "epochs": 2},
+        # The flow on the run it is scheduled for: the default params.
+        "flow": {"rounds": 2, "images": None, "variants": None, "epochs": None},
         "tracking": {"rounds": 2, "variant": "three_conv"},
     },
     "quick": {
