@@ -174,7 +174,9 @@ def repro_section(result: dict[str, Any], quick: bool) -> list[str]:
         lines += [f"**Ending a process that imported TensorFlow** (`python -c 'import tensorflow'`, median of "
                   f"{len(exits['runs']['normal'])}): {exits['normal_exit_seconds']:.2f} s with the normal interpreter "
                   f"exit (module teardown), {exits['hard_exit_seconds']:.2f} s with `os._exit(0)`; load "
-                  f"{exits['load_1min']:.2f}. Every train, evaluate and register stage pays the difference.", ""]
+                  f"{exits['load_1min']:.2f}. `python -m pipeline` skips that teardown after a finished command "
+                  "(pipeline/__main__.py); the stage probes below call the command functions from their own "
+                  "script and still pay it.", ""]
     for name, probe in result.get("probes", {}).items():
         lines += probe_section(name, probe)
     return lines
@@ -182,7 +184,8 @@ def repro_section(result: dict[str, Any], quick: bool) -> list[str]:
 
 def probe_section(stage: str, probe: dict[str, Any]) -> list[str]:
     total = probe["process_seconds"]
-    arguments = " ".join(probe["arguments"])
+    # An argument is a string, or a list for a command taking several (evaluate [VARIANT...]).
+    arguments = " ".join(" ".join(item) if isinstance(item, list) else item for item in probe["arguments"])
     lines = [f"### Where one `{stage}{' ' + arguments if arguments else ''}` stage spends its time "
              f"({total:.1f} s in its own process, load {probe['load_1min_at_start']:.2f})", ""]
     start_exit = probe["interpreter_start_and_exit_seconds"]
