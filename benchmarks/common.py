@@ -119,10 +119,17 @@ def default_params() -> dict[str, Any]:
 
 
 def params_with(overrides: dict[str, Any], variants: Iterable[str] | None = None) -> dict[str, Any]:
-    """The real params.yaml with dotted overrides ({'data.max_images': 1000}) and a subset of variants."""
+    """The real params.yaml with dotted overrides ({'data.max_images': 1000}) and a subset of variants.
+
+    A `train.<key>` override applies to every variant: their own settings of that key are dropped.
+    """
     from pipeline.config import apply_overrides
 
     params = apply_overrides(default_params(), overrides)
+    for key in overrides:
+        if key.startswith("train."):
+            for model in params["models"].values():
+                model.get("train", {}).pop(key.split(".")[1], None)
     if variants is not None:
         params["models"] = {name: params["models"][name] for name in variants}
     return params

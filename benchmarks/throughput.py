@@ -123,7 +123,12 @@ class Worker:
                          "BackupAndRestore": keras.callbacks.BackupAndRestore,
                          "_record_backup": getattr(train, "_record_backup", None)}
         self.data = load_prepared(spec["prepared_dir"])
-        overrides = {"train.epochs": spec["epochs"], "train.batch_size": spec["batch_size"]}
+        # Like for like with the bare scripts: every variant at the spec's epochs and batch size (a
+        # variant's own setting of a key wins over train.*, so set them per variant), no augmentation.
+        variants = load_params(spec["params_file"]).models
+        overrides = {"train.augment.rotation": 0.0, "train.augment.translation": 0.0, "train.augment.zoom": 0.0,
+                     **{f"models.{name}.train.{key}": value for name in variants
+                        for key, value in (("epochs", spec["epochs"]), ("batch_size", spec["batch_size"]))}}
         self.config = load_params(spec["params_file"], overrides=overrides)
         self.jit_config = load_params(spec["params_file"], overrides={**overrides, "train.jit_compile": True})
 

@@ -98,8 +98,9 @@ def training_flow(params_file: str = "params.yaml", root: str = ".", variants: l
         params_file: the params file, validated like `dvc repro` does.
         root: the project directory (a DVC repository).
         variants: train only these (default: every variant in the params file).
-        overrides: dotted params to change for this run, e.g. {"train.epochs": 1}. Outputs made with
-            overrides are not committed to DVC (dvc.lock would claim the file's values).
+        overrides: dotted params to change for this run, e.g. {"models.three_conv.train.epochs": 1}
+            (a variant's own setting wins over `train.*`). Outputs made with overrides are not
+            committed to DVC (dvc.lock would claim the file's values).
         force: rerun stages even when DVC says they are up to date.
         dask_address: a Dask scheduler (`tcp://host:8786`) to train and evaluate the variants on;
             default: $PIPELINE_DASK_ADDRESS, and without it local threads.
