@@ -67,7 +67,8 @@ def test_yaml_only_variant_builds_and_trains(prepared_project: Path, tmp_path: P
 
 def test_killed_training_resumes_from_its_last_epoch(prepared_project: Path) -> None:
     params = yaml.safe_load((prepared_project / "params.yaml").read_text())
-    params["train"].update({"epochs": 40, "early_stopping_patience": 40})
+    # Small batches: epochs of about half a second, so the kill below lands inside an epoch.
+    params["train"].update({"epochs": 40, "early_stopping_patience": 40, "batch_size": 8})
     (prepared_project / "params.yaml").write_text(yaml.safe_dump(params))
     backup = prepared_project / ".cache" / "train" / "three_conv" / "backup"
     command = [str(BIN / "python"), "-m", "pipeline", "train", "three_conv", "--no-track"]
@@ -76,13 +77,21 @@ def test_killed_training_resumes_from_its_last_epoch(prepared_project: Path) -> 
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     history_file = backup.parent / "history.csv"
-    # Wait until at least two epochs are done and backed up, then kill -9 (no chance to clean up).
-    while time.monotonic() < deadline:
-        done = len(history_file.read_text().splitlines()) - 1 if history_file.is_file() else 0
-        if done >= 2 and backup.is_dir() and any(backup.rglob("*")):
-            break
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        time.sleep(0.2)
+
+    def epochs_done() -> int:
+        return len(history_file.read_text().splitlines()) - 1 if history_file.is_file() else 0
+
+    def wait_for_epochs(count: int) -> float:
+        while epochs_done() < count:
+            assert time.monotonic() < deadline, f"no {count} epochs within 300 s"
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            time.sleep(0.02)
+        return time.monotonic()
+
+    # kill -9 half an epoch after the second one ended (no chance to clean up): inside epoch 3, with
+    # epoch 2 backed up, not while Keras writes the backup (that case is test_training_faults').
+    first = wait_for_epochs(1)
+    time.sleep((wait_for_epochs(2) - first) / 2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (prepared_project / "models" / "three_conv" / "training.json").exists()
