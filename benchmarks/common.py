@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,12 @@ def run_python_worker(module: str, spec: dict[str, Any], work: Path, name: str, 
     run([sys.executable, "-m", module, str(spec_file), str(result_file)], cwd=cwd, env=env, timeout=timeout,
         log=work / "workers.log")
     return json.loads(result_file.read_text())
+
+
+def worker_main(work: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """The worker side of run_python_worker: `python -m <module> <spec.json> <result.json>`."""
+    spec_file, result_file = Path(sys.argv[1]), Path(sys.argv[2])
+    result_file.write_text(json.dumps(work(json.loads(spec_file.read_text())), indent=2))
 
 
 def default_params() -> dict[str, Any]:

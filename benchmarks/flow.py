@@ -11,9 +11,7 @@ importing Prefect and starting the API server are reported on their own.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from benchmarks.common import (
     params_with,
     run_python_worker,
     spread,
+    worker_main,
 )
 
 
@@ -162,11 +161,5 @@ def measure(work: Path, rounds: int, images: int | None, variants: list[str] | N
             "goal": 0.10, "meets_goal": flow_attributed <= 0.10 and overhead <= 0.10, "load_1min_during": spread(loads)}
 
 
-def main() -> None:
-    spec_file, result_file = Path(sys.argv[1]), Path(sys.argv[2])
-    result = run_arm(json.loads(spec_file.read_text()))
-    result_file.write_text(json.dumps(result, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    worker_main(run_arm)

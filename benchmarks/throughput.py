@@ -17,16 +17,14 @@ again through `set_determinism`).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import alternating, bench_env, geometric_mean, median, run_python_worker, spread
+from benchmarks.common import alternating, bench_env, geometric_mean, median, run_python_worker, spread, worker_main
 
 # name -> (description, options). Every candidate is a modified copy *inside* benchmarks/:
 #   bare: the seed-notebook script instead of fit_variant;
@@ -337,11 +335,5 @@ def summarise(main_fits: list[dict[str, Any]], candidate_fits: list[dict[str, An
     return summary
 
 
-def main() -> None:
-    spec_file, result_file = Path(sys.argv[1]), Path(sys.argv[2])
-    result = run_worker(json.loads(spec_file.read_text()))
-    result_file.write_text(json.dumps(result, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    worker_main(run_worker)

@@ -10,14 +10,12 @@ Phase timers split what tracking costs.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import alternating, bench_env, median, run_python_worker, spread
+from benchmarks.common import alternating, bench_env, median, run_python_worker, spread, worker_main
 
 TRACKING_PHASES = {
     "tracking setup (store, experiment)": "pipeline.tracking:setup",
@@ -119,11 +117,5 @@ def measure(project: Path, work: Path, variant: str, rounds: int, log: Any = pri
             "load_1min_at_end": load_average()["1min"]}
 
 
-def main() -> None:
-    spec_file, result_file = Path(sys.argv[1]), Path(sys.argv[2])
-    result = run_worker(json.loads(spec_file.read_text()))
-    result_file.write_text(json.dumps(result, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    worker_main(run_worker)
