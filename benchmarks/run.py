@@ -81,19 +81,10 @@ def prepared_project(work: Path) -> Path:
 
 def snapshot(work: Path) -> Path:
     """Copy the code once; every later project copy is made from this snapshot."""
-    import shutil
-
-    from tests.conftest import PROJECT_FILES
+    from tests.conftest import copy_project_files
 
     root = work / "snapshot"
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    copy_project_files(root)
     return root
 
 

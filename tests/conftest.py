@@ -49,8 +49,8 @@ def tiny_params(variants: tuple[str, ...] = TINY_VARIANTS) -> dict:
     return params
 
 
-def make_project(destination: Path, params: dict | None = None) -> Path:
-    """Copy the project into `destination`, as a fresh git + DVC repository with one commit."""
+def copy_project_files(destination: Path) -> None:
+    """Copy PROJECT_FILES (code, pipeline definition, DVC config) from the repository into `destination`."""
     destination.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = REPO / name
@@ -59,6 +59,11 @@ def make_project(destination: Path, params: dict | None = None) -> Path:
         elif source.exists():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
+
+
+def make_project(destination: Path, params: dict | None = None) -> Path:
+    """Copy the project into `destination`, as a fresh git + DVC repository with one commit."""
+    copy_project_files(destination)
     (destination / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
     # The default remote is inside the project; each copy gets its own.
     run(["git", "init", "-q", "-b", "main"], destination)
