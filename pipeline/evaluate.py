@@ -172,7 +172,8 @@ def run_evaluations(config: PipelineConfig, root: Path, variants: list[str] | No
     """The `evaluate` stage: every variant (or `variants`) in one process, in params order.
 
     One process for all variants, because starting one costs more than evaluating a variant
-    (importing TensorFlow and MLflow: about 10 s on two cores, against 3 to 5 s of work).
+    (starting Python and importing TensorFlow and MLflow: about 8 s on two cores, against 2 to 3 s
+    of work; benchmarks/results.md).
     """
     from pipeline.prepare import load_prepared
 

@@ -195,6 +195,14 @@ def _keras_layer(layer: LayerSpec, name: str) -> keras.layers.Layer:
     raise ValueError(f"unknown layer type {layer.type!r}")  # unreachable: params validation
 
 
+AUGMENT_PREFIX = "augment_"  # the names of the augmentation layers build_model adds
+
+
+def augmentation_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The random augmentation layers `build_model` put in front of the body, in order."""
+    return [layer for layer in model.layers if layer.name.startswith(AUGMENT_PREFIX)]
+
+
 def build_model(
     layers: Sequence[LayerSpec],
     input_shape: Shape,
@@ -226,14 +234,14 @@ def build_model(
     # Augmentation layers are identity at inference, so the saved model serves raw images.
     if augment is not None and augment.rotation > 0:
         outputs = keras.layers.RandomRotation(augment.rotation, fill_mode="constant", seed=seed,
-                                              name="augment_rotation")(outputs)
+                                              name=f"{AUGMENT_PREFIX}rotation")(outputs)
     if augment is not None and augment.translation > 0:
         outputs = keras.layers.RandomTranslation(augment.translation, augment.translation,
                                                  fill_mode="constant", seed=seed + 1,
-                                                 name="augment_translation")(outputs)
+                                                 name=f"{AUGMENT_PREFIX}translation")(outputs)
     if augment is not None and augment.zoom > 0:
         outputs = keras.layers.RandomZoom(augment.zoom, fill_mode="constant", seed=seed + 2,
-                                          name="augment_zoom")(outputs)
+                                          name=f"{AUGMENT_PREFIX}zoom")(outputs)
     for index, layer in enumerate(layers):
         outputs = _keras_layer(layer, name=f"{layer.type}_{index}")(outputs)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(outputs)

@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.lineage import file_sha256
-from pipeline.models import build_model
+from pipeline.models import augmentation_layers, build_model
 from pipeline.prepare import PreparedData
 
 
@@ -108,7 +108,7 @@ def _seed_augmentation_per_epoch(model: Any, seed: int) -> Any:
     """
     import keras
 
-    generators = [layer.generator for layer in model.layers if layer.name.startswith("augment_")]
+    generators = [layer.generator for layer in augmentation_layers(model)]
 
     def reset(epoch: int, logs: Any = None) -> None:
         for index, generator in enumerate(generators):
