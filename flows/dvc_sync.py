@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.layout import Layout
+
 
 def stale_stages(root: Path, variants: list[str]) -> set[str]:
     """Stages `dvc repro` would run: those DVC reports changed, plus everything downstream of them.
@@ -45,10 +47,11 @@ def commit(root: Path) -> None:
 
 
 def read_run(root: Path, variant: str) -> dict[str, Any] | None:
-    path = root / "models" / variant / "run.json"
+    """This machine's record of the variant's last training run (MLflow run id, seconds), if any."""
+    path = Layout(root).run_record(variant)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def last_decision(root: Path) -> dict[str, Any] | None:
-    path = root / "reports" / "registry.json"
+    path = Layout(root).registry_file
     return json.loads(path.read_text()) if path.is_file() else None

@@ -25,15 +25,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from flows import dvc_sync
-from pipeline import layout
-from pipeline.compare import write_leaderboard
+from pipeline.compare import run_compare
 from pipeline.config import PipelineConfig, load_params
-from pipeline.evaluate import run_evaluation
+from pipeline.evaluate import evaluate_variant
 from pipeline.ingest import run_ingest
+from pipeline.layout import Layout
 from pipeline.prepare import run_prepare
-from pipeline.register import register_best
+from pipeline.register import run_register
 from pipeline.tracking import setup as setup_tracking
-from pipeline.train import run_training
+from pipeline.train import run_train
 
 # Retries only where I/O can fail for a moment: a download (ingest from keras.datasets) and the
 # tracking server / registry (evaluate logs to MLflow; registering is idempotent per run id).
@@ -58,23 +58,23 @@ def prepare_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
 @task(name="train", task_run_name="train-{variant}", **STAGE)
 def train_task(config: PipelineConfig, variant: str, root: Path, flow_run_id: str) -> dict[str, Any]:
     # The run group travels as a tag: on Dask the task runs in another process than the flow.
-    return run_training(config, variant, root, extra_tags={"prefect_flow_run_id": flow_run_id,
+    return run_train(config, variant, root, extra_tags={"prefect_flow_run_id": flow_run_id,
                                                            "run_group": f"prefect-{flow_run_id}"})
 
 
 @task(name="evaluate", task_run_name="evaluate-{variant}", **STAGE, **IO_RETRIES)
 def evaluate_task(config: PipelineConfig, variant: str, root: Path) -> dict[str, float]:
-    return run_evaluation(config, variant, root)
+    return evaluate_variant(config, variant, root)
 
 
 @task(name="compare", **STAGE)
 def compare_task(config: PipelineConfig, root: Path) -> list[dict[str, Any]]:
-    return write_leaderboard(config, root).to_dict(orient="records")
+    return run_compare(config, root).to_dict(orient="records")
 
 
 @task(name="register", **STAGE, **IO_RETRIES)
 def register_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
-    return register_best(config, root)
+    return run_register(config, root)
 
 
 def task_runner(dask_address: str | None, local_workers: int) -> Any:
@@ -163,8 +163,9 @@ def publish_artifacts(rows: list[dict[str, Any]], decision: dict[str, Any] | Non
              "|---|---|---|---|---|---|"]
     for row in rows:
         run = dvc_sync.read_run(root, row["variant"])
-        link = f"[run]({run_url(root, config.mlflow.experiment_name, run['run_id'])})" if run else "-"
-        gallery = (layout.evaluation_dir(root, row["variant"]) / "error_gallery.png").as_uri()
+        tracked = run is not None and "run_id" in run
+        link = f"[run]({run_url(root, config.mlflow.experiment_name, run['run_id'])})" if tracked else "-"
+        gallery = (Layout(root).evaluation_dir(row["variant"]) / "error_gallery.png").as_uri()
         lines.append(f"| {row['variant']} | {row['val_accuracy']:.4f} | {row['test_accuracy']:.4f} | "
                      f"{row['params']:,} | {link} | [gallery]({gallery}) |")
     if decision:

@@ -20,21 +20,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="CNN image-classifier pipeline: ingest -> prepare -> train -> evaluate -> compare -> register.")
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
+# Read by pipeline/__main__.py before the command starts (TensorFlow's start-up lines come first).
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show TensorFlow's start-up and warning lines.")]
 RootOption = Annotated[Path, typer.Option("--root", help="Project directory (data/, models/, reports/).")]
 
 
 def _clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Expected failures (bad params, bad data, tracking server down) print one message, exit 2."""
+    """The project's own errors (bad params, bad data, a tracking server down...) print one line and
+    exit 2; anything else is a bug and keeps its traceback. PIPELINE_DEBUG=1 shows every traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pipeline.config import ParamsError
-        from pipeline.sources import DataError
-        from pipeline.tracking import TrackingError
+        from pipeline.errors import PipelineError
 
         try:
             return command(*args, **kwargs)
-        except (ParamsError, DataError, TrackingError, FileNotFoundError, ValueError) as error:
+        except PipelineError as error:
             if os.environ.get("PIPELINE_DEBUG"):
                 raise
             typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
@@ -49,7 +50,8 @@ def _config(params: Path) -> PipelineConfig:
 
 @app.command()
 @_clear_errors
-def ingest(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def ingest(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+           verbose: VerboseOption = False) -> None:
     """Read the configured source, validate it, write data/raw/ and reports/data/."""
     from pipeline.ingest import run_ingest
 
@@ -62,7 +64,8 @@ def ingest(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("
 
 @app.command()
 @_clear_errors
-def prepare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def prepare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+            verbose: VerboseOption = False) -> None:
     """Normalise to float32 [0, 1], split train/val/test, check leakage; write data/prepared/."""
     from pipeline.prepare import run_prepare
 
@@ -74,16 +77,15 @@ def prepare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(
 @_clear_errors
 def train(variant: Annotated[str, typer.Argument(help="A key of `models` in the params file.")],
           params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
-          track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True) -> None:
+          track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+          verbose: VerboseOption = False) -> None:
     """Train one variant (resumes an interrupted run); write models/<variant>/ and an MLflow run."""
-    from pipeline.train import run_training
+    from pipeline.train import run_train
 
-    config = _config(params)
-    config.variant(variant)
-    info = run_training(config, variant, root, track=track)
+    info = run_train(_config(params), variant, root, track=track)
+    seconds = f", {info['train_seconds']:.1f}s" if "train_seconds" in info else " (reused a finished fit)"
     typer.echo(f"trained {variant}: {info['params']:,} parameters, best val_accuracy "
-               f"{info['best_val_accuracy']:.4f}, {info['train_seconds']:.1f}s"
-               + (f", MLflow run {info['run_id']}" if track else ""))
+               f"{info['best_val_accuracy']:.4f}{seconds}" + (f", MLflow run {info['run_id']}" if track else ""))
 
 
 @app.command()
@@ -91,37 +93,41 @@ def train(variant: Annotated[str, typer.Argument(help="A key of `models` in the 
 def evaluate(variants: Annotated[list[str] | None, typer.Argument(
                  help="Keys of `models` in the params file (default: all).", show_default=False)] = None,
              params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
-             track: Annotated[bool, typer.Option(help="Add metrics and pictures to the MLflow runs.")] = True) -> None:
+             track: Annotated[bool, typer.Option(help="Add metrics and pictures to the MLflow runs.")] = True,
+             verbose: VerboseOption = False) -> None:
     """Score trained variants on the test split; write their reports (metrics, pictures, CSVs)."""
-    from pipeline.evaluate import run_evaluations
+    from pipeline.evaluate import run_evaluate
 
-    run_evaluations(_config(params), root, variants, track=track)
+    run_evaluate(_config(params), root, variants, track=track)
 
 
 @app.command()
 @_clear_errors
-def compare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def compare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+            verbose: VerboseOption = False) -> None:
     """Rank every variant (reports/leaderboard.md and .csv)."""
-    from pipeline.compare import write_leaderboard
+    from pipeline.compare import run_compare
 
-    table = write_leaderboard(_config(params), root)
+    table = run_compare(_config(params), root)
     typer.echo(table.to_string(index=False))
 
 
 @app.command()
 @_clear_errors
-def register(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def register(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+             verbose: VerboseOption = False) -> None:
     """Register the best variant (validation accuracy) and promote it through the gate."""
-    from pipeline.register import register_best
+    from pipeline.register import run_register
 
-    decision = register_best(_config(params), root)
+    decision = run_register(_config(params), root)
     typer.echo(f"registered {decision['model_name']} v{decision['version']} ({decision['variant']}): "
                f"{'PROMOTED to champion' if decision['promoted'] else 'stays challenger'} - {decision['reason']}")
 
 
 @app.command()
 @_clear_errors
-def rollback(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def rollback(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+             verbose: VerboseOption = False) -> None:
     """Move the `champion` alias back to the previous champion version."""
     from pipeline.register import rollback_champion
 
@@ -134,7 +140,8 @@ def rollback(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
 @_clear_errors
 def predict(folder: Annotated[Path, typer.Argument(help="A folder of PNG/JPEG images.")],
             params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
-            model_uri: Annotated[str | None, typer.Option(help="Default: models:/<name>@champion.")] = None) -> None:
+            model_uri: Annotated[str | None, typer.Option(help="Default: models:/<name>@champion.")] = None,
+            verbose: VerboseOption = False) -> None:
     """Classify a folder of images with the champion model; print file, class, probability."""
     import pandas as pd
 

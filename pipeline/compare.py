@@ -6,28 +6,19 @@ but never used to choose (that would leak the test set into the choice).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from pipeline import layout
 from pipeline.config import PipelineConfig
-from pipeline.io import write_text
+from pipeline.errors import MissingInputError
+from pipeline.io import read_json, write_text
+from pipeline.layout import Layout
+from pipeline.metrics import METRICS, ci95
 
-COLUMNS = ["rank", "variant", "val_accuracy", "test_accuracy", "test_loss", "macro_f1", "errors",
-           "params", "epochs", "train_seconds", "images_per_second"]
-
-
-def _ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of a 95% t-interval (statsmodels), for multi-seed repeats."""
-    from statsmodels.stats.weightstats import DescrStatsW
-
-    if len(values) < 2:
-        return float(np.mean(values)), float("nan")
-    low, high = DescrStatsW(np.asarray(values)).tconfint_mean(alpha=0.05)
-    return float(np.mean(values)), float((high - low) / 2)
+# The metrics keep their names (pipeline/evaluate.py METRICS). No seconds: the leaderboard is tracked
+# by git and must be the same after a rerun; fit times are on each variant's MLflow run.
+COLUMNS = ["rank", "variant", *METRICS[:-1], "params", "epochs"]
 
 
 def leaderboard(config: PipelineConfig, root: Path) -> pd.DataFrame:
@@ -40,31 +31,20 @@ def leaderboard(config: PipelineConfig, root: Path) -> pd.DataFrame:
     Returns:
         One row per variant, best validation accuracy first (ties: fewer parameters first).
     """
+    layout = Layout(root)
     rows = []
     for variant in config.models:
-        metrics_path = layout.metrics_file(root, variant)
-        training_path = root / "models" / variant / "training.json"
+        metrics_path, training_path = layout.metrics_file(variant), layout.training_file(variant)
         if not metrics_path.is_file() or not training_path.is_file():
             missing = metrics_path if not metrics_path.is_file() else training_path
-            raise FileNotFoundError(f"variant {variant!r} has no {missing}; train and evaluate it first (dvc repro)")
-        metrics = json.loads(metrics_path.read_text())
-        training = json.loads(training_path.read_text())
-        row = {
-            "variant": variant,
-            "val_accuracy": metrics["val_accuracy"],
-            "test_accuracy": metrics["accuracy"],
-            "test_loss": metrics["loss"],
-            "macro_f1": metrics["macro_f1"],
-            "errors": metrics["errors"],
-            "params": training["params"],
-            "epochs": len(json.loads((root / "models" / variant / "history.json").read_text()).get("loss", [])),
-            "train_seconds": training["train_seconds"],
-            "images_per_second": training.get("images_per_second"),
-        }
+            raise MissingInputError(f"variant {variant!r} has no {missing}; train and evaluate it first (dvc repro)")
+        metrics, training = read_json(metrics_path), read_json(training_path)
+        row = {"variant": variant, **{name: metrics[name] for name in METRICS[:-1]},
+               "params": training["params"], "epochs": training["epochs_run"]}
         repeats = training.get("seed_repeats")
         if repeats:
             for key in ("val_accuracy", "test_accuracy"):
-                mean, half_width = _ci95([repeat[key] for repeat in repeats])
+                mean, half_width = ci95([repeat[key] for repeat in repeats])
                 row[f"{key}_mean"], row[f"{key}_ci95"] = round(mean, 4), round(half_width, 4)
             row["seeds"] = len(repeats)
         rows.append(row)
@@ -77,9 +57,8 @@ def leaderboard(config: PipelineConfig, root: Path) -> pd.DataFrame:
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured markdown table (no `tabulate` dependency)."""
     formatted = table.copy()
-    for column in ("val_accuracy", "test_accuracy", "macro_f1"):
+    for column in ("val_accuracy", "test_accuracy", "test_loss", "test_macro_f1"):
         formatted[column] = formatted[column].map(lambda value: f"{value:.4f}")
-    formatted["test_loss"] = formatted["test_loss"].map(lambda value: f"{value:.4f}")
     formatted["params"] = formatted["params"].map(lambda value: f"{value:,}")
     header = "| " + " | ".join(formatted.columns) + " |"
     rule = "|" + "|".join("---" for _ in formatted.columns) + "|"
@@ -87,9 +66,11 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def write_leaderboard(config: PipelineConfig, root: Path) -> pd.DataFrame:
+def run_compare(config: PipelineConfig, root: Path) -> pd.DataFrame:
+    """The `compare` stage: write reports/leaderboard.csv and .md; return the table."""
+    layout = Layout(root)
     table = leaderboard(config, root)
-    write_text(root / "reports" / "leaderboard.csv", table.to_csv(index=False))
+    write_text(layout.leaderboard_csv, table.to_csv(index=False))
     title = "# Leaderboard\n\nRanked on validation accuracy (model selection); test accuracy for reference.\n\n"
-    write_text(root / "reports" / "leaderboard.md", title + to_markdown(table))
+    write_text(layout.leaderboard_md, title + to_markdown(table))
     return table

@@ -11,18 +11,17 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import ParamsError
+from pipeline.layers import LAYER_TYPE_NAMES, LayerSpec, check_model_size, infer_shapes
+
 # Variant names become DVC stage names (train@<name>), directory names and MLflow tags;
 # letters, digits and underscores are safe in all three and in `dvc exp run -S`.
 VARIANT_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-
-
-class ParamsError(ValueError):
-    """params.yaml (or an override) is invalid; the message names the key."""
 
 
 class _Frozen(BaseModel):
@@ -70,67 +69,6 @@ class PrepareConfig(_Frozen):
 
 
 # --------------------------------------------------------------------------- models
-
-Activation = Literal["relu", "swish", "sigmoid", "tanh", "elu", "gelu", "softmax", "linear"]
-IntPair = int | tuple[int, int]
-
-
-class ConvLayer(_Frozen):
-    type: Literal["conv"]
-    filters: int = Field(ge=1)
-    kernel_size: IntPair
-    strides: IntPair = 1
-    padding: Literal["valid", "same"] = "valid"
-    activation: Activation | None = None
-
-
-class PoolLayer(_Frozen):
-    type: Literal["pool"]
-    pool_size: IntPair = 2
-    strides: IntPair | None = None
-    mode: Literal["max", "average"] = "max"
-
-
-class DropoutLayer(_Frozen):
-    type: Literal["dropout"]
-    rate: float = Field(ge=0, lt=1)
-
-
-class FlattenLayer(_Frozen):
-    type: Literal["flatten"]
-
-
-class GlobalPoolLayer(_Frozen):
-    type: Literal["global_pool"]
-    mode: Literal["max", "average"] = "average"
-
-
-class DenseLayer(_Frozen):
-    type: Literal["dense"]
-    units: int = Field(ge=1)
-    activation: Activation | None = None
-
-
-class ActivationLayer(_Frozen):
-    type: Literal["activation"]
-    activation: Activation
-
-
-class ZeroPaddingLayer(_Frozen):
-    type: Literal["zero_padding"]
-    # 1 -> one pixel on every side; ((top, bottom), (left, right)) as in seed 004.
-    padding: int | tuple[tuple[int, int], tuple[int, int]] = 1
-
-
-class BatchNormLayer(_Frozen):
-    type: Literal["batch_norm"]
-
-
-LayerSpec = Annotated[
-    ConvLayer | PoolLayer | DropoutLayer | FlattenLayer | GlobalPoolLayer | DenseLayer
-    | ActivationLayer | ZeroPaddingLayer | BatchNormLayer,
-    Field(discriminator="type"),
-]
 
 
 class AugmentConfig(_Frozen):
@@ -181,6 +119,35 @@ class VariantConfig(_Frozen):
     train: TrainOverrides = TrainOverrides()
 
 
+class Variant(_Frozen):
+    """One variant as the train stage uses it: name, layers, resolved training settings and seed."""
+
+    name: str
+    description: str
+    layers: tuple[LayerSpec, ...]
+    train: TrainConfig
+    seed: int
+
+    def with_seed(self, seed: int) -> Variant:
+        return self.model_copy(update={"seed": seed})
+
+    def settings(self) -> dict[str, Any]:
+        """Everything of params.yaml that decides this variant's training (logged as the run's params)."""
+        return {"seed": self.seed, "train": self.train.model_dump(mode="json"),
+                "variant": {"name": self.name, "description": self.description,
+                            "layers": [layer.model_dump(mode="json") for layer in self.layers]}}
+
+    def params_hash(self) -> str:
+        """A short, stable hash of `settings()` without the name (the same settings hash alike)."""
+        settings = self.settings()
+        settings["variant"] = {"layers": settings["variant"]["layers"]}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprint(self, data_version: str) -> str:
+        """Identifies one training job: the settings and the data version."""
+        return hashlib.sha256(f"{self.params_hash()}:{data_version}".encode()).hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- later stages
 
 
@@ -226,9 +193,6 @@ class PipelineConfig(_Frozen):
 
     @model_validator(mode="after")
     def _layers_fit_the_images(self) -> PipelineConfig:
-        # Imported here: models.py imports this module for the layer classes.
-        from pipeline.models import check_model_size, infer_shapes
-
         input_shape = (self.data.image_height, self.data.image_width, self.data.channels)
         # The class count is known here only when data.class_names is set; the digits' 10 otherwise
         # (build_model checks again with the real count).
@@ -238,27 +202,18 @@ class PipelineConfig(_Frozen):
             check_model_size(variant.layers, input_shape, num_classes, where=f"models.{name}.layers")
         return self
 
-    def train_config(self, variant: str) -> TrainConfig:
-        """Global `train` defaults with the variant's overrides applied."""
-        overrides = self.variant(variant).train
-        update = {
-            key: getattr(overrides, key)
-            for key in TrainOverrides.model_fields
-            if getattr(overrides, key) is not None
-        }
-        return self.train.model_copy(update=update)
-
-    def variant(self, name: str) -> VariantConfig:
+    def variant(self, name: str) -> Variant:
+        """The variant `name`, resolved once: its layers, its training settings (the global `train`
+        block with the variant's own overrides applied) and the seed. Stages pass this object down.
+        """
         if name not in self.models:
             raise ParamsError(
                 f"unknown variant {name!r}; params.yaml `models` has: {', '.join(sorted(self.models))}"
             )
-        return self.models[name]
-
-    def params_hash(self) -> str:
-        """A short, stable hash of the resolved configuration (tags runs and model versions)."""
-        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        spec = self.models[name]
+        overrides = {key: value for key, value in spec.train if value is not None}
+        return Variant(name=name, description=spec.description, layers=tuple(spec.layers),
+                       train=self.train.model_copy(update=overrides), seed=self.seed)
 
 
 # --------------------------------------------------------------------------- loading
@@ -277,8 +232,7 @@ def _key_path(location: tuple[Any, ...]) -> str:
             text += f"[{part}]"
         elif part == "[key]":
             pass  # pydantic's marker for "the key itself" of a mapping entry: the path names it
-        elif part in {"conv", "pool", "dropout", "flatten", "global_pool", "dense", "activation",
-                      "zero_padding", "batch_norm"} and text.endswith("]"):
+        elif part in LAYER_TYPE_NAMES and text.endswith("]"):
             pass  # the discriminator tag pydantic inserts for tagged unions
         elif previous in _UNION_FIELDS and (part == "int" or part.startswith("tuple[")):
             pass  # which member of `int | tuple[...]` failed; the message says it
@@ -329,12 +283,35 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping, as DVC does.
+
+    PyYAML keeps the last value silently: `seed: 42` then `seed: 7` would train with 7 while DVC
+    refuses the file.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, list | dict):
+                continue  # unhashable: the mapping constructor reports it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: first on line {seen[key]}, again on line {line}",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_params_file(path: str | Path) -> dict[str, Any]:
+    """The params file as a mapping; invalid YAML or a repeated key fails naming the line(s)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}") from None
     return raw if raw is not None else {}

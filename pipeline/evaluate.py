@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss
+from sklearn.metrics import confusion_matrix
 
-from pipeline import layout, plots
+from pipeline import plots
 from pipeline.config import EvaluateConfig, PipelineConfig
+from pipeline.dataset import PreparedData, load_prepared
 from pipeline.io import write_json, write_text
-from pipeline.prepare import PreparedData
+from pipeline.layout import Layout
+from pipeline.metrics import score
+from pipeline.models import conv_layers
 
 
 @dataclass
@@ -40,15 +43,13 @@ def feature_maps(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """Activations of every Conv2D layer for one image (seed 002/003: what the filters see)."""
     import keras
 
-    from pipeline.models import conv_layer_names
-
-    names = conv_layer_names(model)
-    if not names:
+    layers = conv_layers(model)
+    if not layers:
         return []
-    probe = keras.Model(model.inputs, [model.get_layer(name).output for name in names])
+    probe = keras.Model(model.inputs, [layer.output for layer in layers])
     outputs = probe.predict(image[np.newaxis], verbose=0)
     outputs = outputs if isinstance(outputs, list) else [outputs]
-    return [(name, np.asarray(output[0])) for name, output in zip(names, outputs, strict=True)]
+    return [(layer.name, np.asarray(output[0])) for layer, output in zip(layers, outputs, strict=True)]
 
 
 def evaluate_model(model: Any, data: PreparedData, history: dict[str, list[float]], config: EvaluateConfig,
@@ -65,22 +66,11 @@ def evaluate_model(model: Any, data: PreparedData, history: dict[str, list[float
     Returns:
         Metrics, per-class scores, confusion matrix, test probabilities and figures.
     """
-    labels = list(range(data.num_classes))
     probabilities = predict_probabilities(model, data.x_test, config.batch_size)
     predicted = probabilities.argmax(axis=1)
     val_predicted = predict_probabilities(model, data.x_val, config.batch_size).argmax(axis=1)
-    report = classification_report(data.y_test, predicted, labels=labels, target_names=data.class_names,
-                                   output_dict=True, zero_division=0)
-    metrics = {
-        "accuracy": float(accuracy_score(data.y_test, predicted)),
-        "loss": float(log_loss(data.y_test, probabilities, labels=labels)),
-        "val_accuracy": float(accuracy_score(data.y_val, val_predicted)),
-        "macro_f1": float(report["macro avg"]["f1-score"]),
-        "errors": int((predicted != data.y_test).sum()),
-        "test_images": int(data.y_test.size),
-    }
-    per_class = {name: {key: float(value) for key, value in report[name].items()} for name in data.class_names}
-    matrix = confusion_matrix(data.y_test, predicted, labels=labels)
+    metrics, per_class = score(data.y_val, val_predicted, data.y_test, probabilities, data.class_names)
+    matrix = confusion_matrix(data.y_test, predicted, labels=list(range(data.num_classes)))
     confidence = probabilities[np.arange(len(predicted)), predicted]
     rows, cols = config.gallery_rows, config.gallery_cols
     gallery, shown = plots.error_gallery(data.x_test, data.y_test, predicted, confidence, data.class_names,
@@ -98,9 +88,9 @@ def evaluate_model(model: Any, data: PreparedData, history: dict[str, list[float
             data.x_test, data.y_test, predicted, confidence, data.class_names, rows=rows, cols=cols,
             indices=candidates, title=(f"{variant}: most confused pair, {data.class_names[true_class]} "
                                        f"predicted as {data.class_names[predicted_class]}"))
-    conv_names = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
-    if conv_names:
-        kernels = np.asarray(conv_names[0].get_weights()[0])
+    convolutions = conv_layers(model)
+    if convolutions:
+        kernels = np.asarray(convolutions[0].get_weights()[0])
         figures["filters.png"] = plots.filters_figure(kernels, title=f"{variant}: first conv layer filters")
         figures["feature_maps.png"] = plots.feature_maps_figure(
             feature_maps(model, data.x_test[0]), data.x_test[0],
@@ -121,20 +111,21 @@ def write_evaluation(evaluation: Evaluation, data: PreparedData, history: dict[s
                      root: Path, variant: str) -> list[Path]:
     """Write the variant's metrics, CSVs for DVC plots and pictures (paths: pipeline/layout.py)."""
     names = data.class_names
-    report_dir = layout.evaluation_dir(root, variant)
-    written = [write_json(layout.metrics_file(root, variant), evaluation.metrics),
+    layout = Layout(root)
+    report_dir = layout.evaluation_dir(variant)
+    written = [write_json(layout.metrics_file(variant), evaluation.metrics),
                write_json(report_dir / "per_class.json", evaluation.per_class)]
     written.append(write_text(report_dir / "confusion_matrix.csv", _csv_text(
         ["true \\ predicted", *names],
         [[name, *map(int, row)] for name, row in zip(names, evaluation.confusion, strict=True)])))
     predicted = evaluation.probabilities.argmax(axis=1)
-    written.append(write_text(layout.predictions_file(root, variant), _csv_text(
+    written.append(write_text(layout.predictions_file(variant), _csv_text(
         ["actual", "predicted", "probability"],
         [[names[int(true)], names[int(guess)], round(float(evaluation.probabilities[index, guess]), 4)]
          for index, (true, guess) in enumerate(zip(data.y_test, predicted, strict=True))])))
     epochs = len(next(iter(history.values()), []))
     keys = [key for key in ("loss", "val_loss", "accuracy", "val_accuracy") if key in history]
-    written.append(write_text(layout.curves_file(root, variant), _csv_text(
+    written.append(write_text(layout.curves_file(variant), _csv_text(
         ["epoch", *keys], [[epoch + 1, *(round(history[key][epoch], 6) for key in keys)]
                            for epoch in range(epochs)])))
     for file_name, figure in evaluation.figures.items():
@@ -142,49 +133,44 @@ def write_evaluation(evaluation: Evaluation, data: PreparedData, history: dict[s
     return written
 
 
-def run_evaluation(config: PipelineConfig, variant: str, root: Path, track: bool = True,
-                   data: PreparedData | None = None) -> dict[str, float]:
+def evaluate_variant(config: PipelineConfig, name: str, root: Path, track: bool = True,
+                     data: PreparedData | None = None) -> dict[str, float]:
     """Evaluate one variant: score it, write its reports (pipeline/layout.py), log them to its run.
 
     `data` saves re-reading the prepared splits when evaluating several variants in a row.
     """
     from pipeline import tracking
-    from pipeline.io import read_json
-    from pipeline.prepare import load_prepared
-    from pipeline.train import load_trained
+    from pipeline.model_files import load_trained
 
-    config.variant(variant)
-    trained = load_trained(layout.model_dir(root, variant))
-    data = data if data is not None else load_prepared(root / "data" / "prepared")
-    evaluation = evaluate_model(trained.model, data, trained.history, config.evaluate, variant)
-    written = write_evaluation(evaluation, data, trained.history, root, variant)
+    variant = config.variant(name)
+    layout = Layout(root)
+    trained = load_trained(layout.model_dir(name))
+    data = data if data is not None else load_prepared(layout.prepared_dir)
+    evaluation = evaluate_model(trained.model, data, trained.history, config.evaluate, variant.name)
+    written = write_evaluation(evaluation, data, trained.history, root, variant.name)
     if track:
-        run = read_json(layout.model_dir(root, variant) / "run.json")
         tracking.setup(root, config.mlflow.experiment_name)
-        logged = {("selection_val_accuracy" if key == "val_accuracy" else f"test_{key}"): value
-                  for key, value in evaluation.metrics.items()}
-        tracking.log_evaluation(run["run_id"], logged, written, artifact_dir="evaluation")
+        run = tracking.find_training_run(config.mlflow.experiment_name, trained.training["model_digest"])
+        tracking.log_evaluation(run["run_id"], evaluation.metrics, written, artifact_dir="evaluation")
     return evaluation.metrics
 
 
-def run_evaluations(config: PipelineConfig, root: Path, variants: list[str] | None = None,
-                    track: bool = True) -> dict[str, dict[str, float]]:
+def run_evaluate(config: PipelineConfig, root: Path, variants: list[str] | None = None,
+                 track: bool = True) -> dict[str, dict[str, float]]:
     """The `evaluate` stage: every variant (or `variants`) in one process, in params order.
 
     One process for all variants, because starting one costs more than evaluating a variant
     (starting Python and importing TensorFlow and MLflow: about 8 s on two cores, against 2 to 3 s
     of work; benchmarks/results.md).
     """
-    from pipeline.prepare import load_prepared
 
     chosen = variants or list(config.models)
-    for variant in chosen:
-        config.variant(variant)  # unknown names fail before any work
-    data = load_prepared(root / "data" / "prepared")
+    for name in chosen:
+        config.variant(name)  # unknown names fail before any work
+    data = load_prepared(Layout(root).prepared_dir)
     results = {}
-    for number, variant in enumerate(chosen, start=1):
-        results[variant] = run_evaluation(config, variant, root, track=track, data=data)
-        metrics = results[variant]
-        print(f"[evaluate {number}/{len(chosen)}] {variant}: test accuracy {metrics['accuracy']:.4f}, "
-              f"loss {metrics['loss']:.4f}, {metrics['errors']} mistakes", flush=True)
+    for number, name in enumerate(chosen, start=1):
+        results[name] = metrics = evaluate_variant(config, name, root, track=track, data=data)
+        print(f"[evaluate {number}/{len(chosen)}] {name}: test accuracy {metrics['test_accuracy']:.4f}, "
+              f"loss {metrics['test_loss']:.4f}, {metrics['test_errors']} mistakes", flush=True)
     return results

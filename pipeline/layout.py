@@ -1,36 +1,148 @@
-"""Where the stages write, in one place (the same paths dvc.yaml lists as outs).
+"""Every path the pipeline reads or writes, in one place (`dvc.yaml`'s outs agree: a unit test checks).
 
-    data/raw, data/prepared            ingest, prepare
-    models/<variant>/                  train@<variant>
-    reports/data/                      ingest, prepare (data report pictures)
-    reports/evaluation/<variant>/      evaluate: pictures, per-class scores, confusion matrix CSV
-    reports/metrics/<variant>.json     evaluate: test metrics (`dvc metrics show`)
-    reports/predictions/<variant>.csv  evaluate: test predictions (`dvc plots show`, confusion)
-    reports/curves/<variant>.csv       evaluate: learning curves (`dvc plots show`)
-    reports/leaderboard.{md,csv}       compare
-    reports/registry.json, model_card.md  register
+    data/raw/, data/prepared/                 ingest, prepare (DVC-cached)
+    reports/data/                             ingest, prepare: reports and pictures of the data
+    models/<variant>/                         train@<variant> (DVC-cached; byte-reproducible)
+    reports/evaluation/<variant>/             evaluate: pictures, per-class scores, confusion matrix CSV
+    reports/metrics/<variant>.json            evaluate: test metrics (`dvc metrics show`)
+    reports/predictions/<variant>.csv         evaluate: test predictions (`dvc plots show`, confusion)
+    reports/curves/<variant>.csv              evaluate: learning curves (`dvc plots show`)
+    reports/leaderboard.{md,csv}              compare
+    reports/registry.json, model_card.md      register: this machine's registry decision (git-ignored)
+    reports/runs/<variant>.json               train: this machine's last run of a variant (git-ignored)
+    .cache/train/<variant>/                   train: crash-safety state while a fit runs
+    mlflow.db, mlruns/                        the default MLflow store
+
+Everything under DVC's outs is reproducible byte for byte; what differs from run to run (seconds,
+MLflow run ids, the git commit) lives in MLflow and in the git-ignored records above.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 
-def model_dir(root: Path, variant: str) -> Path:
-    return root / "models" / variant
+@dataclass(frozen=True)
+class Layout:
+    """The project's paths under `root`."""
 
+    root: Path
 
-def evaluation_dir(root: Path, variant: str) -> Path:
-    return root / "reports" / "evaluation" / variant
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
 
+    # ------------------------------------------------------------------ data
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "data" / "raw"
 
-def metrics_file(root: Path, variant: str) -> Path:
-    return root / "reports" / "metrics" / f"{variant}.json"
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "data" / "prepared"
 
+    @property
+    def data_reports_dir(self) -> Path:
+        return self.root / "reports" / "data"
 
-def predictions_file(root: Path, variant: str) -> Path:
-    return root / "reports" / "predictions" / f"{variant}.csv"
+    @property
+    def ingest_report(self) -> Path:
+        return self.data_reports_dir / "ingest.json"
 
+    @property
+    def samples_figure(self) -> Path:
+        return self.data_reports_dir / "samples.png"
 
-def curves_file(root: Path, variant: str) -> Path:
-    return root / "reports" / "curves" / f"{variant}.csv"
+    @property
+    def prepare_report(self) -> Path:
+        return self.data_reports_dir / "prepare.json"
+
+    @property
+    def class_histogram_figure(self) -> Path:
+        return self.data_reports_dir / "class_histogram.png"
+
+    # ------------------------------------------------------------------ models
+    def model_dir(self, variant: str) -> Path:
+        return self.root / "models" / variant
+
+    def model_file(self, variant: str) -> Path:
+        return self.model_dir(variant) / "model.keras"
+
+    def training_file(self, variant: str) -> Path:
+        return self.model_dir(variant) / "training.json"
+
+    def history_file(self, variant: str) -> Path:
+        return self.model_dir(variant) / "history.json"
+
+    def summary_file(self, variant: str) -> Path:
+        return self.model_dir(variant) / "summary.txt"
+
+    def run_record(self, variant: str) -> Path:
+        return self.root / "reports" / "runs" / f"{variant}.json"
+
+    def work_dir(self, variant: str) -> Path:
+        return self.root / ".cache" / "train" / variant
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluation_dir(self, variant: str) -> Path:
+        return self.root / "reports" / "evaluation" / variant
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "reports" / "metrics"
+
+    def metrics_file(self, variant: str) -> Path:
+        return self.metrics_dir / f"{variant}.json"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "reports" / "predictions"
+
+    def predictions_file(self, variant: str) -> Path:
+        return self.predictions_dir / f"{variant}.csv"
+
+    @property
+    def curves_dir(self) -> Path:
+        return self.root / "reports" / "curves"
+
+    def curves_file(self, variant: str) -> Path:
+        return self.curves_dir / f"{variant}.csv"
+
+    # ------------------------------------------------------------------ compare, register
+    @property
+    def leaderboard_csv(self) -> Path:
+        return self.root / "reports" / "leaderboard.csv"
+
+    @property
+    def leaderboard_md(self) -> Path:
+        return self.root / "reports" / "leaderboard.md"
+
+    @property
+    def registry_file(self) -> Path:
+        return self.root / "reports" / "registry.json"
+
+    @property
+    def model_card_file(self) -> Path:
+        return self.root / "reports" / "model_card.md"
+
+    # ------------------------------------------------------------------ tracking
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlruns_dir(self) -> Path:
+        return self.root / "mlruns"
+
+    # ------------------------------------------------------------------ DVC
+    def stage_outs(self, variants: list[str]) -> dict[str, list[Path]]:
+        """What each DVC stage writes, as dvc.yaml declares it (`train@<variant>` per variant)."""
+        return {
+            "ingest": [self.raw_dir, self.ingest_report, self.samples_figure],
+            "prepare": [self.prepared_dir, self.prepare_report, self.class_histogram_figure],
+            **{f"train@{variant}": [self.model_dir(variant)] for variant in variants},
+            "evaluate": [self.root / "reports" / "evaluation", self.metrics_dir, self.predictions_dir,
+                         self.curves_dir],
+            "compare": [self.leaderboard_md, self.leaderboard_csv],
+            "register": [],
+        }

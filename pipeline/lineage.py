@@ -1,23 +1,48 @@
-"""Where a result came from: git commit, DVC data version, file hashes."""
+"""Where a result came from: the git commit of the sources, the DVC version of the data, file hashes."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 from pathlib import Path
 
+# What decides a result: the code, the pipeline definition and its parameters, the dependencies.
+# Files the pipeline itself writes (dvc.lock, the metrics and reports DVC tracks in git) are not
+# sources: a run that rewrites them is still a run of the committed sources.
+SOURCE_PATHSPECS = ("pipeline", "flows", "params.yaml", "dvc.yaml", "pyproject.toml", "requirements.lock",
+                    "prefect.yaml")
+DIRTY_MARK = "-dirty-"
+
+
+def _git(root: str | Path, *arguments: str) -> str:
+    return subprocess.run(["git", *arguments], cwd=root, capture_output=True, text=True, check=True,
+                          timeout=30).stdout
+
 
 def git_commit(root: str | Path = ".") -> str:
-    """The HEAD commit, with `-dirty` when tracked files changed; 'unknown' outside git."""
+    """The HEAD commit; `<commit>-dirty-<hash>` when the sources differ from it; 'unknown' outside git.
+
+    The hash (12 hex digits) is taken over the diff of the sources against HEAD and the content of
+    untracked source files, so two runs from different uncommitted changes are told apart, and two
+    runs from the same change share it.
+    """
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        commit = _git(root, "rev-parse", "HEAD").strip()
+        diff = _git(root, "diff", "HEAD", "--binary", "--", *SOURCE_PATHSPECS)
+        untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--",
+                         *SOURCE_PATHSPECS).split("\0")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return f"{commit}-dirty" if dirty else commit
+    untracked = sorted(name for name in untracked if name)
+    if not diff and not untracked:
+        return commit
+    digest = hashlib.sha256(diff.encode())
+    for name in untracked:
+        digest.update(name.encode() + b"\0")
+        path = Path(root) / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return f"{commit}{DIRTY_MARK}{digest.hexdigest()[:12]}"
 
 
 def dvc_md5(path: str | Path) -> str:
@@ -29,9 +54,11 @@ def dvc_md5(path: str | Path) -> str:
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db import HashFileDB
 
+    from pipeline.errors import MissingInputError
+
     path = Path(path).resolve()
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run the stage that writes it first")
+        raise MissingInputError(f"{path} does not exist; run the stage that writes it first (dvc repro)")
     if path.is_file():
         return file_md5(path)
     with tempfile.TemporaryDirectory() as scratch:  # build() wants an object store; nothing is kept
@@ -52,36 +79,4 @@ def _file_digest(path: str | Path, digest: hashlib._Hash) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
-
-
-def keras_content_digest(path: str | Path) -> str:
-    """sha256 over a `.keras` file's architecture (config.json) and every stored array (layer
-    weights, optimizer state), read with h5py, without TensorFlow.
-
-    Two saves of the same model have the same digest, though their bytes differ (a `.keras` file
-    records when it was saved): this tells whether two files hold the same model.
-    """
-    import io
-    import zipfile
-
-    import h5py
-    import numpy as np
-
-    digest = hashlib.sha256()
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-            digest.update(json.dumps(config, sort_keys=True).encode())
-            weights_file = io.BytesIO(archive.read("model.weights.h5"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a readable .keras file ({error})") from None
-
-    def add(name: str, item: object) -> None:
-        if isinstance(item, h5py.Dataset):
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(item[()]).tobytes())
-
-    with h5py.File(weights_file, "r") as weights:
-        weights.visititems(add)  # in name order: deterministic
     return digest.hexdigest()

@@ -7,27 +7,31 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import layout
 from pipeline.compare import to_markdown
-from pipeline.config import PipelineConfig
 from pipeline.io import read_json
+from pipeline.layout import Layout
+from pipeline.metrics import accuracy_interval
 
 
-def model_card(config: PipelineConfig, root: Path, variant: str, decision: dict[str, Any],
+def model_card(root: Path, variant: str, decision: dict[str, Any],
                table: pd.DataFrame) -> str:
     """Render the card of the registered `variant` from the files the earlier stages wrote."""
-    prepared = read_json(root / "reports" / "data" / "prepare.json")
-    metrics = read_json(layout.metrics_file(root, variant))
-    training = read_json(root / "models" / variant / "training.json")
-    settings = config.train_config(variant)
-    layers = "\n".join(f"{index + 1}. `{layer.model_dump(exclude_none=True)}`"
-                       for index, layer in enumerate(config.variant(variant).layers))
+    layout = Layout(root)
+    prepared = read_json(layout.prepare_report)
+    metrics = read_json(layout.metrics_file(variant))
+    training = read_json(layout.training_file(variant))
+    # The settings the model was trained with (training.json), not today's params.yaml.
+    trained_with = training["settings"]
+    settings = trained_with["train"]
+    layers = "\n".join(f"{index + 1}. `{ {key: value for key, value in layer.items() if value is not None} }`"
+                       for index, layer in enumerate(trained_with["variant"]["layers"]))
+    low, high = accuracy_interval(metrics["test_images"] - metrics["test_errors"], metrics["test_images"])
     gate = decision.get("mcnemar") or {}
     comparison = (f"McNemar exact p = {gate['p_value']:.4g} against v{decision['previous_champion']} "
                   f"(champion accuracy {gate['champion_accuracy']:.4f})" if gate else "no champion to compare with")
     return f"""# {decision['model_name']} v{decision['version']}: `{variant}`
 
-{config.variant(variant).description}
+{trained_with['variant']['description']}
 
 **Gate:** {'promoted to `champion`' if decision['promoted'] else 'stays `challenger`'}: {decision['reason']}.
 
@@ -44,16 +48,16 @@ Input -> the layers below -> Dense({prepared['num_classes']}, softmax).
 
 {layers}
 
-Training: {settings.optimizer} (learning rate {settings.learning_rate}, {settings.lr_schedule}), \
-batch {settings.batch_size}, up to {settings.epochs} epochs with early stopping (patience \
-{settings.early_stopping_patience}), seed {training['seed']}; {training['train_seconds']} s.
+Training: {settings['optimizer']} (learning rate {settings['learning_rate']}, {settings['lr_schedule']}), \
+batch {settings['batch_size']}, up to {settings['epochs']} epochs with early stopping (patience \
+{settings['early_stopping_patience']}), seed {training['seed']}; {training['epochs_run']} epochs run.
 
 ## Metrics
 | split | accuracy | other |
 |---|---|---|
 | validation (selection) | {metrics['val_accuracy']:.4f} | |
-| test | {metrics['accuracy']:.4f} | loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}, \
-{metrics['errors']} of {metrics['test_images']} wrong |
+| test | {metrics['test_accuracy']:.4f} (95% interval {low:.4f}-{high:.4f}) | loss {metrics['test_loss']:.4f}, \
+macro F1 {metrics['test_macro_f1']:.4f}, {metrics['test_errors']} of {metrics['test_images']} wrong |
 
 Gate: test accuracy >= {decision['min_test_accuracy']}; {comparison}.
 

@@ -12,8 +12,10 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.config import PipelineConfig
-from pipeline.prepare import normalise
-from pipeline.sources import IMAGE_SUFFIXES, DataError, _read_image
+from pipeline.dataset import normalise
+from pipeline.errors import DataError, ModelFileError, RegistryError
+from pipeline.model_files import load_model_checked
+from pipeline.sources import IMAGE_SUFFIXES, read_image
 
 REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -21,18 +23,17 @@ REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<v
 def load_registered_model(model_uri: str) -> tuple[object, dict[str, str]]:
     """Download a registry model, check its sha256 against the one recorded at registration, load it
     in Keras safe mode. Returns the model and the version's tags."""
-    from pipeline.train import load_model_checked
-
     match = REGISTRY_URI.match(model_uri)
     if not match:
-        raise ValueError(f"model URI {model_uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+        raise RegistryError(f"model URI {model_uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
     name = match["name"]
     version = match["version"] or tracking.alias_version(name, match["alias"])
     if version is None:
-        raise ValueError(f"registered model {name!r} has no alias {match['alias']!r}; run the register stage first")
+        raise RegistryError(f"registered model {name!r} has no alias {match['alias']!r}; run the register stage first")
     tags = tracking.version_tags(name, version)
     if "model_sha256" not in tags:
-        raise ValueError(f"{name} v{version} has no recorded model_sha256 tag; refusing to load an unverified model")
+        raise ModelFileError(f"{name} v{version} has no recorded model_sha256 tag; refusing to load an "
+                             "unverified model")
     with tempfile.TemporaryDirectory() as scratch:
         model_file = tracking.download_model_file(f"models:/{name}/{version}", Path(scratch))
         return load_model_checked(model_file, tags["model_sha256"]), tags
@@ -63,7 +64,7 @@ def image_files(folder: Path) -> list[Path]:
 def read_images(folder: Path, height: int, width: int, channels: int) -> tuple[list[Path], np.ndarray]:
     """Every PNG/JPEG in `folder` as float32 (N, H, W, C) in [0, 1]; names the file that is wrong."""
     files = image_files(folder)
-    images = np.stack([_read_image(path, height, width, channels) for path in files])
+    images = np.stack([read_image(path, height, width, channels) for path in files])
     return files, normalise(images)
 
 

@@ -5,8 +5,6 @@ uint8 [0, 255] -> float32 [0, 1], shaped (N, H, W, C) as Conv2D expects (seeds 0
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,43 +12,10 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import PipelineConfig, PrepareConfig
-from pipeline.io import atomic_directory, write_json
-from pipeline.sources import DataError, RawDataset
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """Normalised splits: x_* float32 (N, H, W, C) in [0, 1], y_* int64."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    class_names: list[str]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
-
-
-def normalise(images: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [0, 1]; always four dimensions (N, H, W, C)."""
-    if images.dtype != np.uint8:
-        raise DataError(f"expected uint8 images, got {images.dtype}")
-    if images.ndim == 3:
-        images = images[..., np.newaxis]
-    return images.astype(np.float32) / np.float32(255.0)
+from pipeline.dataset import SPLITS, PreparedData, RawDataset, load_raw, normalise, save_prepared
+from pipeline.errors import DataError
+from pipeline.io import write_json
+from pipeline.layout import Layout
 
 
 def _stratified_split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
@@ -134,51 +99,19 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
     return prepared, report
 
 
-def save_prepared(prepared: PreparedData, directory: str | Path) -> None:
-    with atomic_directory(directory) as staging:
-        for name in SPLITS:
-            images, labels = prepared.split(name)
-            np.save(staging / f"x_{name}.npy", images)
-            np.save(staging / f"y_{name}.npy", labels)
-        meta = {"class_names": prepared.class_names, "input_shape": list(prepared.input_shape)}
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def load_prepared(directory: str | Path, mmap: bool = False) -> PreparedData:
-    """Read the prepared splits (memory-mapped when `mmap`, for large data)."""
-    directory = Path(directory)
-    meta_path = directory / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{directory} holds no prepared data; run the prepare stage first (dvc repro prepare)")
-    meta = json.loads(meta_path.read_text())
-    arrays = {}
-    for name in SPLITS:
-        for kind in ("x", "y"):
-            path = directory / f"{kind}_{name}.npy"
-            try:
-                arrays[f"{kind}_{name}"] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-            except (OSError, ValueError) as error:
-                raise DataError(f"{path}: unreadable prepared array ({error}); rerun the prepare stage "
-                                "(dvc repro -f prepare)") from None
-    return PreparedData(**arrays, class_names=meta["class_names"])
-
-
-def write_prepare(prepared: PreparedData, report: dict[str, Any], data_dir: str | Path,
-                  report_dir: str | Path) -> None:
+def write_prepare(prepared: PreparedData, report: dict[str, Any], layout: Layout) -> None:
     """The file edge of the stage: prepared arrays, the split report and the class histogram."""
     from pipeline import plots
 
-    save_prepared(prepared, data_dir)
-    report_dir = Path(report_dir)
-    write_json(report_dir / "prepare.json", report)
+    save_prepared(prepared, layout.prepared_dir)
+    write_json(layout.prepare_report, report)
     figure = plots.class_histogram_figure(report["per_class"], prepared.class_names)
-    plots.save_figure(figure, report_dir / "class_histogram.png")
+    plots.save_figure(figure, layout.class_histogram_figure)
 
 
 def run_prepare(config: PipelineConfig, root: Path) -> dict[str, Any]:
     """The whole `prepare` stage: data/raw/ -> data/prepared/ and reports/data/; return the report."""
-    from pipeline.ingest import load_raw
-
-    prepared, report = prepare(load_raw(root / "data" / "raw"), config.prepare, config.seed)
-    write_prepare(prepared, report, root / "data" / "prepared", root / "reports" / "data")
+    layout = Layout(root)
+    prepared, report = prepare(load_raw(layout.raw_dir), config.prepare, config.seed)
+    write_prepare(prepared, report, layout)
     return report

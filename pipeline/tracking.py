@@ -13,22 +13,25 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pipeline.errors import ModelFileError, RegistryError, TrackingError
+from pipeline.layout import Layout
+
+if TYPE_CHECKING:
+    from pipeline.config import Variant
+    from pipeline.model_files import TrainedModel
 
 HEALTH_TIMEOUT_SECONDS = 5.0
 # Keep a dead server from stalling a run in MLflow's own retry loop (default: 7 retries, 120 s).
 CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
-class TrackingError(RuntimeError):
-    """The tracking server cannot be used; the message names its URI."""
-
-
 def tracking_uri(root: str | Path = ".") -> str:
     """The tracking URI in force: the environment's, or the project's SQLite file."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Layout(Path(root).resolve()).mlflow_db}"
 
 
 def check_server(uri: str) -> None:
@@ -94,7 +97,7 @@ def setup(root: str | Path, experiment_name: str) -> str:
     _use(uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
-        location = None if uri.startswith("http") else (Path(root).resolve() / "mlruns").as_uri()
+        location = None if uri.startswith("http") else Layout(Path(root).resolve()).mlruns_dir.as_uri()
         return mlflow.create_experiment(experiment_name, artifact_location=location)
     return experiment.experiment_id
 
@@ -115,35 +118,58 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def training_run(experiment_id: str, run_name: str, tags: dict[str, str],
-                 run_id: str | None = None) -> Iterator[str]:
-    """Start (or resume, given `run_id`) a run; it ends FINISHED, or FAILED on an exception."""
+def training_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+    """A new run, active inside the block; it ends FINISHED, or FAILED on an exception."""
     import mlflow
 
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                          run_name=None if run_id else run_name, tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         yield run.info.run_id
 
 
-def log_training(params: dict[str, str], history: dict[str, list[float]], config: dict[str, Any],
-                 summary_text: str, files: list[Path]) -> None:
-    """Inside an active run: flattened params, per-epoch metrics, the config and summary artifacts."""
+def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel,
+                     files: list[Path], example: np.ndarray, tags: dict[str, str],
+                     ghost_run_file: Path) -> dict[str, str]:
+    """Log a finished training as one MLflow run: the resolved params, per-epoch metrics, the fit's
+    seconds, config and summary artifacts, and the model. A run left RUNNING by a killed attempt (its
+    id in `ghost_run_file`) is marked FAILED first.
+
+    Returns:
+        {"run_id": ..., "model_uri": ...}
+    """
     import mlflow
     from mlflow.entities import Metric, Param
 
-    client = mlflow.MlflowClient()
-    run_id = mlflow.active_run().info.run_id
-    logged = client.get_run(run_id).data.params
-    fresh = [Param(key, value) for key, value in params.items() if key not in logged]
-    timestamp = int(time.time() * 1000)
-    metrics = [Metric(name, float(value), timestamp, step)
-               for name, values in history.items() for step, value in enumerate(values, start=1)]
-    for start in range(0, max(len(fresh), len(metrics)), 900):  # log_batch takes <= 1000 items
-        client.log_batch(run_id, metrics=metrics[start:start + 900], params=fresh[start:start + 90])
-    mlflow.log_dict(config, "config/params.json")
-    mlflow.log_text(summary_text, "model_summary.txt")
-    for path in files:
-        mlflow.log_artifact(str(path))
+    if ghost_run_file.is_file():
+        ghost = ghost_run_file.read_text().strip()
+        if run_status(ghost) == "RUNNING":
+            mark_failed(ghost)
+    # What decides the training (the data is named by the data_version tag); not the whole params.yaml,
+    # which holds settings of other stages that the train stage neither reads nor depends on.
+    resolved = variant.settings()
+    params = flatten(resolved)
+    params["model.params"] = str(trained.training["params"])
+    tags = {"variant": variant.name,
+            # Groups the runs of one pipeline execution: `make repro` and the Prefect flow set it.
+            "run_group": os.environ.get("PIPELINE_RUN_GROUP", f"{tags['git_commit'][:12]}-{tags['data_version'][:8]}"),
+            **tags}
+    with training_run(experiment_id, variant.name, tags) as run_id:
+        ghost_run_file.parent.mkdir(parents=True, exist_ok=True)
+        ghost_run_file.write_text(run_id)
+        client = mlflow.MlflowClient()
+        timestamp = int(time.time() * 1000)
+        metrics = [Metric(f"epoch_{name}", float(value), timestamp, step)
+                   for name, values in trained.history.items() for step, value in enumerate(values, start=1)]
+        metrics += [Metric(name, float(trained.run[name]), timestamp, 0)
+                    for name in ("train_seconds", "images_per_second") if trained.run.get(name) is not None]
+        # MlflowClient.log_batch splits into the server's limits (100 params, 1000 metrics per request).
+        client.log_batch(run_id, metrics=metrics, params=[Param(key, value) for key, value in params.items()])
+        mlflow.log_dict(resolved, "config/params.json")
+        mlflow.log_text(trained.summary, "model_summary.txt")
+        for path in files:
+            mlflow.log_artifact(str(path))
+        model_uri = log_keras_model(trained.model, example)
+        mlflow.set_tag("model_uri", model_uri)
+    return {"run_id": run_id, "model_uri": model_uri}
 
 
 def log_keras_model(model: Any, example: np.ndarray, name: str = "model") -> str:
@@ -257,6 +283,12 @@ def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
     mlflow.MlflowClient().log_text(run_id, text, artifact_file)
 
 
+def run_tags(run_id: str) -> dict[str, str]:
+    import mlflow
+
+    return dict(mlflow.MlflowClient().get_run(run_id).data.tags)
+
+
 def log_run_tags(run_id: str, tags: dict[str, str]) -> None:
     import mlflow
 
@@ -273,7 +305,7 @@ def download_model_file(model_uri: str, destination: Path) -> Path:
     candidates = sorted(local.rglob("*.keras"))
     if not candidates:
         found = sorted(path.name for path in local.rglob("*") if path.is_file())
-        raise ValueError(f"{model_uri} holds no .keras file (found {found}); only the .keras format is loaded")
+        raise ModelFileError(f"{model_uri} holds no .keras file (found {found}); only the .keras format is loaded")
     return candidates[0]
 
 
@@ -290,12 +322,29 @@ def run_url(root: str | Path, experiment_name: str, run_id: str) -> str:
 
 
 def find_version(name: str, run_id: str) -> str | None:
-    """The version of `name` registered from `run_id`, if any (tag `run_id`)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    """The version of `name` registered from `run_id`, or None when there is none.
 
-    try:
-        versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and tags.run_id = '{run_id}'")
-    except MlflowException:
-        return None
+    Only an answer of the registry means "not registered": a registry that cannot be asked (a server
+    hiccup) raises, so a retry cannot register the same run twice.
+    """
+    import mlflow
+
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and tags.run_id = '{run_id}'")
     return str(max(int(version.version) for version in versions)) if versions else None
+
+
+def find_training_run(experiment_name: str, model_digest: str) -> dict[str, str]:
+    """The newest finished run that logged the model with this content digest: {"run_id", "model_uri"}.
+
+    The digest (`model_files.content_digest`) names the model itself, whichever process, rerun or
+    restored DVC cache put `models/<variant>/model.keras` there.
+    """
+    runs = find_runs(experiment_name, f"tags.model_digest = '{model_digest}' and attributes.status = 'FINISHED'")
+    runs = [run for run in runs if "model_uri" in run.data.tags]
+    if not runs:
+        raise RegistryError(
+            f"no finished MLflow run in experiment {experiment_name!r} logged the model with digest "
+            f"{model_digest[:12]}...; it was trained without tracking or in another MLflow store. "
+            "Retrain and track it: dvc repro -f train@<variant>")
+    newest = max(runs, key=lambda run: run.info.start_time)
+    return {"run_id": newest.info.run_id, "model_uri": newest.data.tags["model_uri"]}

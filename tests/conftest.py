@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -47,6 +48,16 @@ def tiny_params(variants: tuple[str, ...] = TINY_VARIANTS) -> dict:
         for key in TINY_OVERRIDES["train"]:
             model.get("train", {}).pop(key, None)
     return params
+
+
+def fit(config: Any, variant: str, data: Any, work: Path, seed: int | None = None) -> Any:
+    """`fit_variant` of `config`'s variant (optionally with another seed) in the work directory `work`."""
+    from pipeline.checkpoint import WorkDir
+    from pipeline.train import fit_variant
+
+    resolved = config.variant(variant)
+    return fit_variant(resolved if seed is None else resolved.with_seed(seed), data, WorkDir(Path(work), "test"),
+                       verbose=0)
 
 
 def copy_project_files(destination: Path) -> None:

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.prepare import load_prepared
-from pipeline.train import load_model_checked
+from pipeline.dataset import load_prepared
+from pipeline.layout import Layout
+from pipeline.model_files import load_model_checked
 from tests.conftest import TINY_VARIANTS, make_project, run
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def test_every_report_is_written(reproduced: Path) -> None:
                      "per_class.json"):
             assert (reproduced / "reports" / "evaluation" / variant / name).is_file(), f"{variant}/{name}"
         metrics = json.loads((reproduced / "reports" / "metrics" / f"{variant}.json").read_text())
-        assert 0.1 < metrics["accuracy"] <= 1 and metrics["loss"] > 0
+        assert 0.1 < metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
         assert (reproduced / "reports" / "curves" / f"{variant}.csv").read_text().startswith("epoch,")
         assert (reproduced / "reports" / "predictions" / f"{variant}.csv").read_text().startswith("actual,")
     board = (reproduced / "reports" / "leaderboard.csv").read_text().splitlines()
@@ -63,11 +64,11 @@ def test_mlflow_runs_have_params_metrics_tags_and_a_loadable_model(reproduced: P
         assert finished.data.tags["run_group"] == "test-group"
         assert len(finished.data.tags["git_commit"]) >= 40 and finished.data.tags["params_hash"]
         assert finished.data.params["train.epochs"] == "1" and finished.data.params["variant.name"] == variant
-        history = tracking.get_metric_history(finished.info.run_id, "val_accuracy")
+        history = tracking.get_metric_history(finished.info.run_id, "epoch_val_accuracy")
         assert [metric.step for metric in history] == [1]
         assert "test_accuracy" in finished.data.metrics
-        logged = mlflow.tensorflow.load_model(json.loads(
-            (reproduced / "models" / variant / "run.json").read_text())["model_uri"])
+        record = json.loads(Layout(reproduced).run_record(variant).read_text())
+        logged = mlflow.tensorflow.load_model(record["model_uri"])
         saved = load_model_checked(reproduced / "models" / variant / "model.keras")
         np.testing.assert_allclose(logged.predict(data.x_test[:20], verbose=0),
                                    saved.predict(data.x_test[:20], verbose=0), rtol=1e-5, atol=1e-6)
@@ -90,12 +91,39 @@ def test_registered_version_with_aliases_and_lineage(reproduced: Path) -> None:
 def test_dvc_metrics_and_plots_render(reproduced: Path) -> None:
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], reproduced).stdout)
     workspace = next(iter(metrics.values()))["data"]  # one entry: the workspace
-    assert workspace["reports/metrics/three_conv.json"]["data"]["accuracy"] > 0
+    assert workspace["reports/metrics/three_conv.json"]["data"]["test_accuracy"] > 0
     plots = json.loads(run(["dvc", "plots", "show", "--json"], reproduced).stdout)
     assert not plots.get("errors")
     rendered = set(plots["data"])
     assert {f"reports/curves/{variant}.csv" for variant in TINY_VARIANTS} <= rendered
     assert {f"reports/predictions/{variant}.csv" for variant in TINY_VARIANTS} <= rendered
+
+
+def _commit_all(project: Path, message: str) -> None:
+    run(["git", "add", "-A"], project)
+    if run(["git", "status", "--porcelain"], project).stdout.strip():
+        run(["git", "commit", "-q", "-m", message], project)
+
+
+def test_forced_repro_of_a_clean_clone_changes_nothing_and_is_not_dirty(reproduced: Path, tmp_path: Path) -> None:
+    """Every DVC output is byte-reproducible, so rerunning every stage in a fresh clone rewrites no
+    git-tracked file (dvc.lock, metrics, leaderboard, data reports), and the runs' lineage names the
+    clean commit, not `<sha>-dirty`."""
+    _commit_all(reproduced, "pipeline outputs")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(reproduced), str(clone)], tmp_path)
+    result = run(["dvc", "repro", "--force"], clone)
+    assert run(["git", "status", "--porcelain"], clone).stdout == "", result.stdout[-3000:]
+    head = run(["git", "rev-parse", "HEAD"], clone).stdout.strip()
+    tracking = client(clone)
+    runs = tracking.search_runs([tracking.get_experiment_by_name("cnn-variants").experiment_id])
+    assert len(runs) == len(TINY_VARIANTS)
+    assert {found.data.tags["git_commit"] for found in runs} == {head}
+    decision = json.loads((clone / "reports" / "registry.json").read_text())
+    assert decision["git_commit"] == head
+    for variant in TINY_VARIANTS:  # the same model, byte for byte, as the original run
+        assert (clone / "models" / variant / "model.keras").read_bytes() == (
+            reproduced / "models" / variant / "model.keras").read_bytes()
 
 
 def test_second_repro_does_nothing(reproduced: Path) -> None:
@@ -114,14 +142,13 @@ def test_one_variant_change_reruns_only_that_variant(reproduced: Path) -> None:
     assert "Stage 'train@relu_layers' didn't change, skipping" in result.stdout
     assert len(tracking.search_runs([experiment.experiment_id])) == before + 1
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], reproduced).stdout
-    assert "models.three_conv.train.optimizer" in shown and "reports/metrics/three_conv.json:accuracy" in shown
+    assert "models.three_conv.train.optimizer" in shown and "reports/metrics/three_conv.json:test_accuracy" in shown
 
 
 def test_push_then_pull_into_a_fresh_clone(reproduced: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     run(["dvc", "remote", "add", "--local", "-f", "-d", "shared", str(remote)], reproduced)
-    run(["git", "add", "-A"], reproduced)
-    run(["git", "commit", "-q", "-m", "pipeline outputs"], reproduced)
+    _commit_all(reproduced, "pipeline outputs")
     run(["dvc", "push"], reproduced)
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(reproduced), str(clone)], tmp_path)

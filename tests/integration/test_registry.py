@@ -23,12 +23,13 @@ from PIL import Image
 
 from pipeline import tracking
 from pipeline.config import load_params
+from pipeline.dataset import load_prepared
+from pipeline.errors import RegistryError
 from pipeline.ingest import run_ingest
 from pipeline.lineage import file_sha256
-from pipeline.prepare import load_prepared, run_prepare
+from pipeline.prepare import run_prepare
 from pipeline.register import CHAMPION, gate_and_promote, rollback_champion
-from pipeline.train import fit_variant
-from tests.conftest import BIN, make_project, run, tiny_params
+from tests.conftest import BIN, fit, make_project, run, tiny_params
 
 pytestmark = pytest.mark.slow
 NAME = "mnist-cnn"
@@ -49,7 +50,7 @@ class Registry:
         if epochs:
             config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
         with tempfile.TemporaryDirectory() as scratch:
-            result = fit_variant(config, "three_conv", self.data, Path(scratch), verbose=0) if epochs else None
+            result = fit(config, "three_conv", self.data, Path(scratch)) if epochs else None
             model = result.model if result else _untrained(config, self.data)
             with tracking.training_run(tracking.setup(self.root, config.mlflow.experiment_name),
                                        f"epochs-{epochs}", {"variant": "three_conv"}) as run_id:
@@ -108,7 +109,7 @@ def test_rollback_moves_champion_back(registry: Registry, versions: dict) -> Non
     moved = rollback_champion(registry.config, registry.root)
     assert moved == {"from": versions["strong"][0], "to": versions["weak"][0]}
     assert tracking.alias_version(NAME, CHAMPION) == versions["weak"][0]
-    with pytest.raises(ValueError, match="first champion"):
+    with pytest.raises(RegistryError, match="first champion"):
         rollback_champion(registry.config, registry.root)
 
 

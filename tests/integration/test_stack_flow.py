@@ -57,7 +57,7 @@ def test_each_variant_has_one_finished_run_with_metrics(stack: Stack, stack_trai
         name = run_["info"]["run_name"]
         assert run_["info"]["status"] == "FINISHED", name
         metrics = metrics_of(run_)
-        for key in ("accuracy", "val_accuracy", "test_accuracy", "test_loss"):
+        for key in ("epoch_accuracy", "epoch_val_accuracy", "val_accuracy", "test_accuracy", "test_loss"):
             assert key in metrics, f"{name} has no {key}: {sorted(metrics)}"
         assert 0.0 <= metrics["test_accuracy"] <= 1.0
         assert tags_of(run_).get("variant") == name

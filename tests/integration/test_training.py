@@ -15,10 +15,12 @@ import pytest
 import yaml
 
 from pipeline.config import load_params
+from pipeline.dataset import load_prepared
 from pipeline.ingest import run_ingest
-from pipeline.prepare import load_prepared, run_prepare
-from pipeline.train import fit_variant, load_trained
-from tests.conftest import BIN, make_project, tiny_params
+from pipeline.layout import Layout
+from pipeline.model_files import load_trained
+from pipeline.prepare import run_prepare
+from tests.conftest import BIN, fit, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +44,9 @@ def prepared_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_same_inputs_give_identical_weights(prepared_project: Path, tmp_path: Path) -> None:
     config = load_params(prepared_project / "params.yaml")
     data = load_prepared(prepared_project / "data" / "prepared")
-    first = fit_variant(config, "three_conv", data, tmp_path / "first", verbose=0)
-    second = fit_variant(config, "three_conv", data, tmp_path / "second", verbose=0)
-    other_seed = fit_variant(config, "three_conv", data, tmp_path / "third", seed=config.seed + 1, verbose=0)
+    first = fit(config, "three_conv", data, tmp_path / "first")
+    second = fit(config, "three_conv", data, tmp_path / "second")
+    other_seed = fit(config, "three_conv", data, tmp_path / "third", seed=config.seed + 1)
     assert weights_digest(first.model) == weights_digest(second.model)
     assert first.history == second.history
     assert weights_digest(first.model) != weights_digest(other_seed.model)
@@ -60,8 +62,8 @@ def test_yaml_only_variant_builds_and_trains(prepared_project: Path, tmp_path: P
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     config = load_params(tmp_path / "params.yaml")
     data = load_prepared(prepared_project / "data" / "prepared")
-    result = fit_variant(config, "my_variant", data, tmp_path / "work", verbose=0)
-    assert result.info["params"] == (3 * 3 * 1 + 1) * 4 + 13 * 13 * 4 * 10 + 10
+    result = fit(config, "my_variant", data, tmp_path / "work")
+    assert result.training["params"] == (3 * 3 * 1 + 1) * 4 + 13 * 13 * 4 * 10 + 10
     assert len(result.history["val_accuracy"]) == 1
 
 
@@ -102,7 +104,8 @@ def test_killed_training_resumes_from_its_last_epoch(prepared_project: Path) -> 
     output, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, output
     assert "resuming from the backup" in output
-    info = json.loads((prepared_project / "models" / "three_conv" / "training.json").read_text())
+    info = {**json.loads(Layout(prepared_project).training_file("three_conv").read_text()),
+            **json.loads(Layout(prepared_project).run_record("three_conv").read_text())}
     assert info["resumed_from_epoch"] >= 2
     trained = load_trained(prepared_project / "models" / "three_conv")
     assert len(trained.history["loss"]) == info["epochs_run"]
@@ -111,17 +114,17 @@ def test_killed_training_resumes_from_its_last_epoch(prepared_project: Path) -> 
 
 
 def test_multi_seed_repeats_feed_a_confidence_interval(prepared_project: Path) -> None:
-    from pipeline.compare import _ci95
-    from pipeline.train import run_training
+    from pipeline.metrics import ci95
+    from pipeline.train import run_train
 
     params = yaml.safe_load((prepared_project / "params.yaml").read_text())
     params["train"].update({"epochs": 1, "seeds": 3})
     (prepared_project / "params.yaml").write_text(yaml.safe_dump(params))
-    info = run_training(load_params(prepared_project / "params.yaml"), "relu_layers", prepared_project,
+    info = run_train(load_params(prepared_project / "params.yaml"), "relu_layers", prepared_project,
                         track=False)
     repeats = info["seed_repeats"]
     assert [repeat["seed"] for repeat in repeats] == [42, 43, 44]
     assert all(0 <= repeat["val_accuracy"] <= 1 for repeat in repeats)
-    mean, half_width = _ci95([repeat["val_accuracy"] for repeat in repeats])
+    mean, half_width = ci95([repeat["val_accuracy"] for repeat in repeats])
     assert min(r["val_accuracy"] for r in repeats) <= mean <= max(r["val_accuracy"] for r in repeats)
     assert half_width >= 0

@@ -37,7 +37,7 @@ from jsonschema import Draft202012Validator
 from PIL import Image
 
 from pipeline.config import ParamsError, PipelineConfig, load_params, parse_params
-from pipeline.models import MAX_FEATURE_MAP_VALUES, MAX_MODEL_PARAMETERS, count_parameters, infer_shapes
+from pipeline.layers import MAX_FEATURE_MAP_VALUES, MAX_MODEL_PARAMETERS, count_parameters, infer_shapes
 from tests.conftest import BIN, REPO, make_project, run, tiny_params
 
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -289,7 +289,7 @@ def test_accepted_random_variants_build_in_keras(data: st.DataObject) -> None:
     input_shape = (config.data.image_height, config.data.image_width, config.data.channels)
     keras.backend.clear_session()
     model = build_model(variant.layers, input_shape, 10, name="fuzzed",
-                        augment=config.train_config("fuzzed").augment)
+                        augment=config.variant("fuzzed").train.augment)
     assert model.output_shape == (None, 10)
     assert model.count_params() == count_parameters(variant.layers, input_shape, 10)
 
@@ -687,16 +687,16 @@ def champion(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """One model, 1 epoch on the few hundred ingested images, registered with its sha256 (as `register`
     does); the server starts at once, on loopback as in test_registry.py, and loads while `predict` is tested."""
     from pipeline import tracking
+    from pipeline.dataset import load_prepared
     from pipeline.lineage import file_sha256
-    from pipeline.prepare import load_prepared
-    from pipeline.train import fit_variant
+    from tests.conftest import fit
 
     project = _copy_project(ingested, tmp_path_factory.mktemp("champion") / "project")
     config = load_params(project / "params.yaml")
     data = load_prepared(project / "data" / "prepared")
     experiment_id = tracking.setup(project, config.mlflow.experiment_name)
     with tempfile.TemporaryDirectory() as scratch:
-        model = fit_variant(config, "three_conv", data, Path(scratch), verbose=0).model
+        model = fit(config, "three_conv", data, Path(scratch)).model
         with tracking.training_run(experiment_id, "tiny", {"variant": "three_conv"}) as run_id:
             uri = tracking.log_keras_model(model, data.x_val[:2])
         sha256 = file_sha256(tracking.download_model_file(uri, Path(scratch) / "download"))
@@ -808,7 +808,7 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_served_model_rejects_bad_input_and_keeps_serving(champion: Champion, case: str) -> None:
-    from pipeline.prepare import load_prepared
+    from pipeline.dataset import load_prepared
 
     request, status, says = BAD_REQUESTS[case]
     champion.wait_until_serving()

@@ -27,9 +27,10 @@ from psycopg2 import sql
 
 from pipeline import tracking
 from pipeline.config import load_params
+from pipeline.dataset import load_prepared
 from pipeline.ingest import run_ingest
 from pipeline.lineage import file_sha256
-from pipeline.prepare import load_prepared, run_prepare
+from pipeline.prepare import run_prepare
 from pipeline.register import CHAMPION, gate_and_promote
 from tests.conftest import make_project, tiny_params
 from tests.reliability.faults import free_port, mlflow_server_command, running, wait_healthy
@@ -63,7 +64,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def models(project: Path) -> dict[str, Any]:
     """The three Keras models, trained once (0 epochs: the seeded initial weights)."""
     from pipeline.models import build_model
-    from pipeline.train import fit_variant, set_determinism
+    from pipeline.train import set_determinism
+    from tests.conftest import fit
 
     config = load_params(project / "params.yaml")
     data = load_prepared(project / "data" / "prepared")
@@ -72,7 +74,7 @@ def models(project: Path) -> dict[str, Any]:
         if epochs:
             settings = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
             with tempfile.TemporaryDirectory() as scratch:
-                trained[quality] = fit_variant(settings, "three_conv", data, Path(scratch), verbose=0).model
+                trained[quality] = fit(settings, "three_conv", data, Path(scratch)).model
         else:
             set_determinism(config.seed)
             trained[quality] = build_model(config.variant("three_conv").layers, data.input_shape, data.num_classes)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import RegistryError
 from pipeline.lineage import file_sha256
-from pipeline.train import load_model_checked
+from pipeline.model_files import load_model_checked
 from tests.conftest import REPO, make_project, tiny_params
 
 # --------------------------------------------------------------------------- model loading
@@ -196,9 +197,9 @@ def test_registered_version_without_a_recorded_hash_is_refused(tmp_path: Path, m
             load_registered_model(model_uri)
     with pytest.raises(ValueError, match=r"differs from the recorded 0{64}"):
         load_registered_model(f"models:/{name}/{tampered}")
-    with pytest.raises(ValueError, match="has no alias 'challenger'"):
+    with pytest.raises(RegistryError, match="has no alias 'challenger'"):
         load_registered_model(f"models:/{name}@challenger")
-    with pytest.raises(ValueError, match="expected models:/<name>@<alias>"):
+    with pytest.raises(RegistryError, match="expected models:/<name>@<alias>"):
         load_registered_model("runs:/abc/model")
 
 

@@ -17,9 +17,10 @@ import pytest
 
 from pipeline.config import load_params
 from pipeline.ingest import run_ingest
+from pipeline.layout import Layout
 from pipeline.lineage import file_sha256
+from pipeline.model_files import load_model_checked
 from pipeline.prepare import run_prepare
-from pipeline.train import load_model_checked
 from tests.conftest import BIN, make_project, run, tiny_params
 from tests.reliability.faults import (
     free_port,
@@ -140,7 +141,7 @@ def test_server_killed_during_the_stage_keeps_the_training_and_leaves_no_run_run
         rerun = run(TRAIN, prepared, timeout=600, env={"MLFLOW_TRACKING_URI": uri})
         note("rerun (no training)", time.monotonic() - started)
         assert "reusing the finished training" in rerun.stdout and "Epoch" not in rerun.stdout
-        run_id = json.loads((prepared / "models" / VARIANT / "run.json").read_text())["run_id"]
+        run_id = json.loads(Layout(prepared).run_record(VARIANT).read_text())["run_id"]
         experiment = client.get_experiment_by_name("cnn-variants")
         statuses = {found.info.run_id: found.info.status for found in client.search_runs(
             [experiment.experiment_id], run_view_type=mlflow.entities.ViewType.ALL)}
@@ -148,7 +149,8 @@ def test_server_killed_during_the_stage_keeps_the_training_and_leaves_no_run_run
         assert set(statuses.values()) <= {"FINISHED", "FAILED"}
         assert list(statuses.values()).count("FINISHED") == 1
         assert client.get_run(run_id).data.tags["variant"] == VARIANT
-    # The same weights (the file itself is re-serialised from the reloaded model, so its bytes differ).
+    # The very file the fit saved is published, not a re-save of the reloaded model.
+    assert file_sha256(prepared / "models" / VARIANT / "model.keras") == model_sha
     assert weights_digest(prepared / "models" / VARIANT / "model.keras") == trained_weights
     assert not work.exists()  # cleaned up once tracked
     for name in ("kill during fit -> exit", "kill during logging -> exit"):

@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.checkpoint import BACKUP_MANIFEST, WorkDir, check_backup
 from pipeline.config import load_params
+from pipeline.dataset import load_prepared
 from pipeline.ingest import run_ingest
-from pipeline.prepare import load_prepared, run_prepare
-from pipeline.train import BACKUP_MANIFEST, check_backup, fit_variant, load_trained
-from tests.conftest import BIN, make_project, run, tiny_params
+from pipeline.layout import Layout
+from pipeline.model_files import load_trained
+from pipeline.prepare import run_prepare
+from tests.conftest import BIN, fit, make_project, run, tiny_params
 from tests.integration.test_training import weights_digest
 from tests.reliability.faults import kill_group, start, wait_for
 
@@ -88,8 +91,7 @@ def reference(killed: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The same training, never interrupted (in this process)."""
     project = killed["snapshot"]
     config = load_params(project / "params.yaml")
-    result = fit_variant(config, VARIANT, load_prepared(project / "data" / "prepared"),
-                         tmp_path_factory.mktemp("reference"), verbose=0)
+    result = fit(config, VARIANT, load_prepared(project / "data" / "prepared"), tmp_path_factory.mktemp("reference"))
     return {"history": result.history, "test_accuracy": test_accuracy(result.model, project),
             "weights": weights_digest(result.model)}
 
@@ -119,10 +121,10 @@ def test_kill_mid_epoch_resumes_from_last_completed_epoch(killed: dict, referenc
     rerun_seconds = time.monotonic() - started
     output = rerun.stdout + rerun.stderr
     assert f"resuming from the backup in {BACKUP} after epoch {rows}" in output, output
-    info = json.loads((project / "models" / VARIANT / "training.json").read_text())
-    assert info["resumed_from_epoch"] == rows
-    assert info["epochs_run_this_process"] == EPOCHS - rows
-    assert info["epochs_run"] == EPOCHS
+    run_record = json.loads(Layout(project).run_record(VARIANT).read_text())
+    assert run_record["resumed_from_epoch"] == rows
+    assert run_record["epochs_run_this_process"] == EPOCHS - rows
+    assert json.loads(Layout(project).training_file(VARIANT).read_text())["epochs_run"] == EPOCHS
     trained = load_trained(project / "models" / VARIANT)
     assert trained.history == reference["history"]  # every epoch, before and after the kill
     best_epoch = int(np.argmin(reference["history"]["val_loss"]))  # 0-based; EarlyStopping restores it
@@ -151,9 +153,9 @@ def test_damaged_backup_is_detected_before_fit(killed: dict, tmp_path: Path) -> 
     for case, damage in cases.items():
         project = copy_of(killed, tmp_path / case.replace(" ", "-"))
         work = project / ".cache" / "train" / VARIANT
-        assert check_backup(work, EPOCHS) == (killed["rows_at_kill"], None)
+        assert check_backup(WorkDir(work, "test"), EPOCHS) == (killed["rows_at_kill"], None)
         damage(work)
-        epoch, reason = check_backup(work, EPOCHS)
+        epoch, reason = check_backup(WorkDir(work, "test"), EPOCHS)
         assert epoch == 0 and reason, case
         expected = {"garbled metadata": "training_metadata.json", "no manifest": BACKUP_MANIFEST,
                     "flipped byte": "latest.weights.h5"}[case]
@@ -171,7 +173,7 @@ def test_truncated_backup_restarts_from_epoch_zero_and_says_so(killed: dict, ref
     Keras' in-place write, or a full disk, leaves), then the stage rerun.
     Expected: no silent resume and no traceback: the rerun prints that the backup in
     `.cache/train/<variant>/backup` is unusable and training restarts from epoch 0, records
-    `resumed_from_epoch: 0` with that note in training.json, trains every epoch, and ends with
+    `resumed_from_epoch: 0` with that note in its run record (reports/runs/), trains every epoch, and ends with
     exactly the uninterrupted run's weights (a seeded restart from 0 is the uninterrupted run).
     Tolerance: none (identical weights).
     """
@@ -182,7 +184,7 @@ def test_truncated_backup_restarts_from_epoch_zero_and_says_so(killed: dict, ref
     output = rerun.stdout + rerun.stderr
     assert f"the backup in {BACKUP} is unusable" in output, output
     assert "training restarts from epoch 0" in output and "resuming from the backup" not in output
-    info = json.loads((project / "models" / VARIANT / "training.json").read_text())
+    info = json.loads(Layout(project).run_record(VARIANT).read_text())
     assert info["resumed_from_epoch"] == 0 and info["epochs_run_this_process"] == EPOCHS
     assert "unusable" in info["resume_note"] and "latest.weights.h5" in info["resume_note"]
     trained = load_trained(project / "models" / VARIANT)

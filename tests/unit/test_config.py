@@ -85,23 +85,35 @@ def test_local_sources_need_a_path(raw: dict) -> None:
 
 def test_per_variant_overrides_merge_with_defaults() -> None:
     config = load_params(REPO / "params.yaml")
-    assert config.train_config("three_conv").optimizer == "rmsprop"
-    assert config.train_config("three_conv").batch_size == config.train.batch_size
-    assert config.train_config("relu_layers").optimizer == config.train.optimizer
+    assert config.variant("three_conv").train.optimizer == "rmsprop"
+    assert config.variant("three_conv").train.batch_size == config.train.batch_size
+    assert config.variant("relu_layers").train.optimizer == config.train.optimizer
 
 
 def test_dotted_overrides(raw: dict) -> None:
     merged = apply_overrides(raw, {"train.epochs": 1, "models.three_conv.train.learning_rate": 0.01})
     config = parse_params(merged)
     assert config.train.epochs == 1
-    assert config.train_config("three_conv").learning_rate == 0.01
+    assert config.variant("three_conv").train.learning_rate == 0.01
     assert raw["train"]["epochs"] != 1  # the input is not modified
 
 
-def test_params_hash_changes_with_any_value(raw: dict) -> None:
-    first = parse_params(raw).params_hash()
-    raw["evaluate"]["gallery_rows"] = 3
-    assert parse_params(raw).params_hash() != first
+def test_a_variant_is_resolved_once_with_its_settings(raw: dict) -> None:
+    variant = parse_params(raw).variant("three_conv")
+    assert variant.name == "three_conv" and variant.seed == raw["seed"]
+    assert variant.train.optimizer == "rmsprop" and len(variant.layers) == len(raw["models"]["three_conv"]["layers"])
+    assert variant.with_seed(7).seed == 7 and variant.with_seed(7).train == variant.train
+
+
+def test_params_hash_follows_what_decides_the_training_only(raw: dict) -> None:
+    first = parse_params(raw).variant("three_conv").params_hash()
+    raw["evaluate"]["gallery_rows"] = 3  # another stage's setting: the same training
+    raw["models"]["relu_layers"]["train"]["epochs"] = 2  # another variant
+    assert parse_params(raw).variant("three_conv").params_hash() == first
+    raw["models"]["three_conv"]["train"]["batch_size"] = 16
+    assert parse_params(raw).variant("three_conv").params_hash() != first
+    assert parse_params(raw).variant("three_conv").fingerprint("a") != parse_params(raw).variant(
+        "three_conv").fingerprint("b")
 
 
 def test_config_is_frozen() -> None:

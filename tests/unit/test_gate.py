@@ -49,10 +49,10 @@ def test_different_test_sets_are_refused() -> None:
 def test_confidence_interval_matches_the_t_distribution() -> None:
     from scipy import stats
 
-    from pipeline.compare import _ci95
+    from pipeline.metrics import ci95
 
     values = [0.95, 0.97, 0.96, 0.94]
-    mean, half_width = _ci95(values)
+    mean, half_width = ci95(values)
     expected = stats.t.ppf(0.975, df=3) * np.std(values, ddof=1) / np.sqrt(4)
     assert mean == pytest.approx(0.955) and half_width == pytest.approx(expected)
-    assert np.isnan(_ci95([0.9])[1])  # one seed: no interval
+    assert np.isnan(ci95([0.9])[1])  # one seed: no interval

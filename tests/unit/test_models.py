@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import load_params, parse_params
-from pipeline.models import build_model, infer_shapes
+from pipeline.layers import infer_shapes
+from pipeline.models import build_model
 from tests.conftest import REPO
 
 # Keras 3 totals on 28x28x1 input with 10 classes (../shared/SEEDS.md).
@@ -79,7 +80,7 @@ def test_augmentation_adds_no_parameters() -> None:
 
 
 def test_vector_output_required() -> None:
-    from pipeline.config import ConvLayer
+    from pipeline.layers import ConvLayer
 
     with pytest.raises(ValueError, match="end the list with a flatten"):
         infer_shapes([ConvLayer(type="conv", filters=4, kernel_size=3)], (28, 28, 1))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import PrepareConfig
-from pipeline.prepare import cross_split_duplicates, normalise, prepare
+from pipeline.dataset import normalise
+from pipeline.prepare import cross_split_duplicates, prepare
 from pipeline.sources import DataError, RawDataset
 
 

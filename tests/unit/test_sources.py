@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.ingest import ingest, validate_dataset
+from pipeline.dataset import validate_dataset
+from pipeline.ingest import ingest
 from pipeline.sources import (
     DataError,
     RawDataset,

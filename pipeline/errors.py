@@ -1,0 +1,35 @@
+"""The project's own error types: expected failures a user can fix, each with a message that says how.
+
+The command line prints these as one line and exits with code 2; any other exception is a bug
+and keeps its traceback (`pipeline/cli.py`).
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every expected failure; the message names the file, key or server and the fix."""
+
+
+class ParamsError(PipelineError, ValueError):
+    """params.yaml (or an override) is invalid; the message names the key."""
+
+
+class DataError(PipelineError, ValueError):
+    """The input data is unusable; the message names the file and the problem."""
+
+
+class MissingInputError(PipelineError, FileNotFoundError):
+    """A file an earlier stage writes is missing; the message names it and the stage to run."""
+
+
+class ModelFileError(PipelineError, ValueError):
+    """A model file is refused: wrong format, checksum mismatch, or rejected by Keras safe mode."""
+
+
+class TrackingError(PipelineError, RuntimeError):
+    """The tracking server or registry cannot be used; the message names its URI."""
+
+
+class RegistryError(PipelineError, RuntimeError):
+    """The model registry is not in the state an operation needs (no champion, a stale run...)."""
