@@ -71,7 +71,7 @@ def build_seed_model(variant: str, input_shape: tuple[int, ...], num_classes: in
 
 def fit_seed_script(variant: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                     y_val: np.ndarray, num_classes: int, batch_size: int, epochs: int) -> Any:
-    """Build and fit like the notebooks; return the model (the epoch clock records the times)."""
+    """Build and fit like the notebooks; return the model."""
     model = build_seed_model(variant, tuple(x_train.shape[1:]), num_classes)
     # verbose=2 (a line per epoch), as fit_variant uses under DVC where stdout is not a terminal.
     model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, validation_data=(x_val, y_val), verbose=2)
