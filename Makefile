@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps repro test test-fast bench lint mlflow-ui clean
+.PHONY: help install system-deps repro test test-fast bench lint mlflow-ui clean demo-continuous
 .DEFAULT_GOAL := help
 
 help:  ## List the targets
@@ -34,6 +34,9 @@ test-fast: $(STAMP)  ## Only the fast tests (no training, no servers)
 
 bench: $(STAMP)  ## Measure speed (benchmarks/, figures go into the README)
 	$(BIN)/python -m benchmarks.run
+
+demo-continuous: $(STAMP)  ## Continuous training, day by day, offline (demo-continuous/; about 6 minutes)
+	$(BIN)/python -m flows.demo --dir demo-continuous
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check .

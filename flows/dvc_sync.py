@@ -46,6 +46,21 @@ def commit(root: Path) -> None:
         repo.commit(force=True)
 
 
+def git_commit(root: Path, message: str) -> bool:
+    """Commit what DVC and the pipeline track in git (dvc.lock, the data's .dvc files, metrics and
+    reports); True when there was something to commit. Other changes of the working tree stay unstaged."""
+    import subprocess
+
+    def git(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *arguments], cwd=root, capture_output=True, text=True, check=True, timeout=60)
+
+    git("add", "--", "dvc.lock", "data/source", "reports")
+    if not git("diff", "--cached", "--name-only").stdout.strip():
+        return False
+    git("commit", "-q", "-m", message)
+    return True
+
+
 def read_run(root: Path, variant: str) -> dict[str, Any] | None:
     """This machine's record of the variant's last training run (MLflow run id, seconds), if any."""
     path = Layout(root).run_record(variant)

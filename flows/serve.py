@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
 from flows.training import training_flow
@@ -63,6 +64,10 @@ def main() -> None:
         # refuses (422) a slugless schedule for a deployment whose schedules have slugs.
         schedules=[Cron(arguments.cron, timezone=arguments.timezone, slug=schedule.get("slug"))],
         parameters={"params_file": arguments.params, "root": str(root)},
+        # The data-changed trigger of prefect.yaml (flows/watch.py emits the event), for this root.
+        triggers=[DeploymentEventTrigger(**{**{key: value for key, value in trigger.items() if key != "type"},
+                                            "parameters": {"params_file": arguments.params, "root": str(root)}})
+                  for trigger in spec.get("triggers") or []],
         description=spec.get("description"),
         tags=spec.get("tags"),
         limit=1,  # two retrains at once would write the same DVC outputs

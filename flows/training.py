@@ -18,22 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from flows import dvc_sync
+from flows import dvc_sync, report
+from pipeline import console, history
 from pipeline.compare import run_compare
 from pipeline.config import PipelineConfig, load_params
 from pipeline.evaluate import evaluate_variant
 from pipeline.ingest import run_ingest
-from pipeline.layout import Layout
 from pipeline.prepare import run_prepare
 from pipeline.register import run_register
 from pipeline.tracking import setup as setup_tracking
 from pipeline.train import run_train
+from pipeline.versioning import bring_in
 
 # Retries only where I/O can fail for a moment: a download (ingest from keras.datasets) and the
 # tracking server / registry (evaluate logs to MLflow; registering is idempotent per run id).
@@ -48,6 +48,11 @@ STAGE = {"cache_policy": NO_CACHE}
 @task(name="ingest", **STAGE, **IO_RETRIES)
 def ingest_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
     return run_ingest(config, root)
+
+
+@task(name="refresh-data", **STAGE, **IO_RETRIES)
+def refresh_task(config: PipelineConfig, root: Path) -> dict[str, Any]:
+    return bring_in(config.data, root)
 
 
 @task(name="prepare", **STAGE)
@@ -91,8 +96,14 @@ def task_runner(dask_address: str | None, local_workers: int) -> Any:
 @flow(name="train-cnn-variants", log_prints=True)
 def training_flow(params_file: str = "params.yaml", root: str = ".", variants: list[str] | None = None,
                   overrides: dict[str, Any] | None = None, force: bool = False,
-                  dask_address: str | None = None, local_workers: int = 1) -> dict[str, Any]:
-    """ingest -> prepare -> train each variant -> evaluate each -> compare -> register.
+                  dask_address: str | None = None, local_workers: int = 1, refresh: bool = True,
+                  commit_to_git: bool = False, label: str = "") -> dict[str, Any]:
+    """Refresh the user's data, then ingest -> prepare -> train each variant -> evaluate each -> compare
+    -> register, each only when DVC says it is stale; report what was decided.
+
+    Nothing stale: the run completes in seconds, creates no MLflow run and publishes "no new data
+    since <date>; champion v<N> stays". A failure (a corrupt image in a new batch) publishes its
+    reason and leaves the previous data version, models and champion as they were.
 
     Args:
         params_file: the params file, validated like `dvc repro` does.
@@ -105,6 +116,11 @@ def training_flow(params_file: str = "params.yaml", root: str = ".", variants: l
         dask_address: a Dask scheduler (`tcp://host:8786`) to train and evaluate the variants on;
             default: $PIPELINE_DASK_ADDRESS, and without it local threads.
         local_workers: concurrent local tasks when no Dask scheduler is used.
+        refresh: take in new images of data.path first (`dvc update` of an import, `dvc add` of data in
+            data/source/).
+        commit_to_git: after a retrain, commit dvc.lock, the data's .dvc file and the tracked reports, so
+            that `git checkout <commit> && dvc checkout` restores each data version and its models.
+        label: a name for this run in the champion history (the demo's "day 3"); default none.
 
     Returns:
         The leaderboard rows and the registry decision.
@@ -118,8 +134,33 @@ def training_flow(params_file: str = "params.yaml", root: str = ".", variants: l
     if set(chosen) != set(config.models):
         config = config.model_copy(update={"models": {name: config.models[name] for name in chosen}})
     use_dvc = not overrides and params_file == "params.yaml" and not variants
+    before = history.data_snapshot(project)
+    try:
+        if use_dvc and refresh:
+            refreshed = refresh_task(config, project)
+            if refreshed["changed"]:
+                logger.info("%s: %s took in a new version of %s", refreshed["copy"], refreshed["action"],
+                            refreshed["origin"])
+        outdated = dvc_sync.stale_stages(project, chosen) if use_dvc and not force else None
+        if outdated is not None and not outdated:
+            return report.nothing_new(project, before, label)
+        result = _run_stages(config, project, chosen, outdated, dask_address, local_workers)
+    except Exception as error:
+        report.failed(project, before, error, label)
+        raise
+    if use_dvc:
+        dvc_sync.commit(project)
+        if commit_to_git:
+            dvc_sync.git_commit(project, f"retrain: data {history.data_snapshot(project)['data_version']}")
+    else:
+        logger.warning("Ran with overrides or a subset of variants: outputs are not committed to DVC.")
+    report.trained(project, config, result["leaderboard"], result["registry"], before, label)
+    return result
 
-    outdated = dvc_sync.stale_stages(project, chosen) if use_dvc and not force else None
+
+def _run_stages(config: PipelineConfig, project: Path, chosen: list[str], outdated: set[str] | None,
+                dask_address: str | None, local_workers: int) -> dict[str, Any]:
+    """The stale stages (all of them when `outdated` is None), as tasks; returns leaderboard and decision."""
 
     def stale(stage: str) -> bool:
         return outdated is None or stage in outdated
@@ -145,34 +186,7 @@ def training_flow(params_file: str = "params.yaml", root: str = ".", variants: l
             future.result()
     rows = compare_task(config, project)
     decision = register_task(config, project) if stale("register") else dvc_sync.last_decision(project)
-    if use_dvc:
-        dvc_sync.commit(project)
-    else:
-        logger.warning("Ran with overrides or a subset of variants: outputs are not committed to DVC.")
-    publish_artifacts(rows, decision, project, config)
     return {"leaderboard": rows, "registry": decision}
-
-
-def publish_artifacts(rows: list[dict[str, Any]], decision: dict[str, Any] | None, root: Path,
-                      config: PipelineConfig) -> None:
-    """The leaderboard as a table artifact and a markdown report of the run."""
-    from pipeline.tracking import run_url
-
-    create_table_artifact(table=rows, key="leaderboard", description="Variants ranked on validation accuracy")
-    lines = ["# Training report", "", "| variant | val acc | test acc | params | MLflow run | error gallery |",
-             "|---|---|---|---|---|---|"]
-    for row in rows:
-        run = dvc_sync.read_run(root, row["variant"])
-        tracked = run is not None and "run_id" in run
-        link = f"[run]({run_url(root, config.mlflow.experiment_name, run['run_id'])})" if tracked else "-"
-        gallery = (Layout(root).evaluation_dir(row["variant"]) / "error_gallery.png").as_uri()
-        lines.append(f"| {row['variant']} | {row['val_accuracy']:.4f} | {row['test_accuracy']:.4f} | "
-                     f"{row['params']:,} | {link} | [gallery]({gallery}) |")
-    if decision:
-        lines += ["", f"**Registry:** {decision['model_name']} v{decision['version']} ({decision['variant']}): "
-                  f"{'promoted to champion' if decision['promoted'] else 'stays challenger'}, {decision['reason']}."]
-    create_markdown_artifact(markdown="\n".join(lines) + "\n", key="training-report",
-                             description="Metrics, gate decision and links of this flow run")
 
 
 def main() -> None:
@@ -184,6 +198,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="local concurrent tasks (no --dask)")
     parser.add_argument("--force", action="store_true")
     arguments = parser.parse_args()
+    console.quiet_tensorflow()
     training_flow(params_file=arguments.params, root=arguments.root, force=arguments.force,
                   dask_address=arguments.dask, local_workers=arguments.workers)
 

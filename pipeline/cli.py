@@ -64,12 +64,38 @@ def ingest(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("
 
 @app.command()
 @_clear_errors
+def source(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+           check: Annotated[bool, typer.Option(help="Only say whether data.path changed since the last check "
+                                                    "(a listing, nothing downloaded); exit 0 either way.")] = False,
+           verbose: VerboseOption = False) -> None:
+    """Put data.path under DVC (dvc add in data/source/, else dvc import-url) or take in its new images
+    (dvc update); then `dvc repro` trains on them."""
+    from pipeline.versioning import bring_in, check_for_changes
+
+    config = _config(params)
+    if check:
+        result = check_for_changes(config.data, root)
+        typer.echo(f"{config.data.path or config.data.source}: "
+                   + ("changed" if result["changed"] else "unchanged") + f" (fingerprint {result['fingerprint']})")
+        return
+    result = bring_in(config.data, root)
+    if "copy" not in result:
+        typer.echo(f"data.source {config.data.source}: nothing to version (it does not change)")
+        return
+    state = f"new version {result['after']}" if result["changed"] else f"unchanged ({result['after']})"
+    typer.echo(f"{result['action']} {result['origin']} -> {result['copy']}: {state}; commit {result['dvc_file']}")
+
+
+@app.command()
+@_clear_errors
 def prepare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
             verbose: VerboseOption = False) -> None:
-    """Normalise to float32 [0, 1], split train/val/test, check leakage; write data/prepared/."""
+    """Split train/val/test by content hash, normalise to float32 [0, 1], check leakage; write data/prepared/."""
     from pipeline.prepare import run_prepare
 
     report = run_prepare(_config(params), root)
+    for warning in report["warnings"]:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"prepared {report['sizes']} (duplicates across splits: {report['duplicates']})")
 
 

@@ -37,7 +37,10 @@ class DataConfig(_Frozen):
 
     source: Literal["bundled", "keras", "idx", "csv", "folder"] = "bundled"
     keras_dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    path: str | None = None  # directory (idx, folder) or file (csv); relative to the project root
+    # A directory (idx, folder) or file (csv): in data/source/ (versioned with dvc add), elsewhere on
+    # disk or a URL (s3://, https://: imported with dvc import-url); pipeline/versioning.py.
+    path: str | None = None
+    fs_config: dict[str, str] | None = None  # options of dvc import-url --fs-config, e.g. {endpointurl: ...}
     image_height: int = Field(28, ge=4, le=1024)
     image_width: int = Field(28, ge=4, le=1024)
     channels: Literal[1, 3] = 1

@@ -16,6 +16,7 @@ from pipeline.dataset import RawDataset, save_raw, splits_of, validate_dataset
 from pipeline.io import write_json
 from pipeline.layout import Layout
 from pipeline.sources import read_source
+from pipeline.versioning import readable_copy, tracked_source
 
 
 def subsample(dataset: RawDataset, max_images: int, seed: int) -> tuple[RawDataset, list[str]]:
@@ -64,8 +65,13 @@ def ingest(config: DataConfig, seed: int, root: str | Path = ".") -> tuple[RawDa
     Returns:
         The dataset and a JSON-able report (counts per class and split, pixel statistics, warnings).
     """
-    dataset = read_source(config, root)
+    root = Path(root)
+    dataset = read_source(config, readable_copy(config, root))
     warnings: list[str] = []
+    source = tracked_source(config, root)
+    if source is not None and source.version() is None:
+        warnings.append(f"{source.copy.relative_to(root)} is not versioned by DVC: run `python -m pipeline source` "
+                        "(dvc add) so that this version of the images can be restored")
     if config.max_images is not None:
         dataset, warnings = subsample(dataset, config.max_images, seed)
     warnings += validate_dataset(dataset)

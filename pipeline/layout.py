@@ -1,5 +1,6 @@
 """Every path the pipeline reads or writes, in one place (`dvc.yaml`'s outs agree: a unit test checks).
 
+    data/source/<name>                        the user's images, under DVC (dvc add or dvc import-url)
     data/raw/, data/prepared/                 ingest, prepare (DVC-cached)
     reports/data/                             ingest, prepare: reports and pictures of the data
     models/<variant>/                         train@<variant> (DVC-cached; byte-reproducible)
@@ -9,6 +10,7 @@
     reports/curves/<variant>.csv              evaluate: learning curves (`dvc plots show`)
     reports/leaderboard.{md,csv}              compare
     reports/registry.json, model_card.md      register: this machine's registry decision (git-ignored)
+    reports/history.jsonl                     the flow: one line per retrain decision (git-ignored)
     reports/runs/<variant>.json               train: this machine's last run of a variant (git-ignored)
     .cache/train/<variant>/                   train: crash-safety state while a fit runs
     mlflow.db, mlruns/                        the default MLflow store
@@ -33,6 +35,11 @@ class Layout:
         object.__setattr__(self, "root", Path(self.root))
 
     # ------------------------------------------------------------------ data
+    @property
+    def source_dir(self) -> Path:
+        """The user's images (idx, csv, folder sources), versioned by DVC; ingest depends on it."""
+        return self.root / "data" / "source"
+
     @property
     def raw_dir(self) -> Path:
         return self.root / "data" / "raw"
@@ -76,6 +83,11 @@ class Layout:
 
     def summary_file(self, variant: str) -> Path:
         return self.model_dir(variant) / "summary.txt"
+
+    @property
+    def source_state(self) -> Path:
+        """The fingerprint of data.path at the last `python -m pipeline source --check` (this machine's)."""
+        return self.root / "reports" / "runs" / "source_fingerprint.json"
 
     def run_record(self, variant: str) -> Path:
         return self.root / "reports" / "runs" / f"{variant}.json"
@@ -124,6 +136,11 @@ class Layout:
     @property
     def model_card_file(self) -> Path:
         return self.root / "reports" / "model_card.md"
+
+    @property
+    def champion_history(self) -> Path:
+        """The champion history: a line per decision of the scheduled flow (this machine's)."""
+        return self.root / "reports" / "history.jsonl"
 
     # ------------------------------------------------------------------ tracking
     @property

@@ -1,15 +1,22 @@
-"""The `prepare` stage: normalise, reshape, split (stratified, seeded) and check for leakage.
+"""The `prepare` stage: split by content hash, normalise, check for leakage.
+
+Each image goes to train, validation or test by a keyed hash of its bytes (the key is the params'
+`seed`), not by a random draw over the whole data set. So when the data grows, every image keeps
+the split it had: today's test images were never yesterday's training images, and the gate
+compares a new challenger with the champion on images neither trained on. A source's own test
+split (IDX t10k files, a folder's test/) is kept as the test split. The price: splits are not
+stratified; the report counts every class in every split so an imbalance is visible.
 
 uint8 [0, 255] -> float32 [0, 1], shaped (N, H, W, C) as Conv2D expects (seeds 002 and 004).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.config import PipelineConfig, PrepareConfig
 from pipeline.dataset import SPLITS, PreparedData, RawDataset, load_raw, normalise, save_prepared
@@ -17,16 +24,28 @@ from pipeline.errors import DataError
 from pipeline.io import write_json
 from pipeline.layout import Layout
 
+SPLIT_RULE = "blake2b content hash keyed by the params' seed"
 
-def _stratified_split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
-                      key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    try:
-        return train_test_split(images, labels, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError as error:
-        raise DataError(
-            f"cannot split {labels.size} images stratified by class with prepare.{key}={fraction}: {error}. "
-            "Each class needs at least two images per split: use more data or a larger fraction."
-        ) from None
+
+def hash_positions(images: np.ndarray, seed: int) -> np.ndarray:
+    """A number in [0, 1) per image from a keyed hash of its bytes: the same image, the same number."""
+    key = seed.to_bytes(8, "little", signed=False)
+    flat = np.ascontiguousarray(images.reshape(images.shape[0], -1))
+    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8, key=key).digest() for row in flat)
+    return np.frombuffer(digests, dtype="<u8").astype(np.float64) / 2.0**64
+
+
+def assign_splits(images: np.ndarray, seed: int, val_fraction: float, test_fraction: float | None) -> np.ndarray:
+    """'train', 'val' or 'test' for each image (`test_fraction` None: the source has its own test split).
+
+    test: position < test_fraction; val: the next val_fraction of the rest; train: everything else.
+    """
+    positions = hash_positions(images, seed)
+    test_share = test_fraction or 0.0
+    splits = np.full(images.shape[0], "train", dtype="<U5")
+    splits[positions < test_share + (1 - test_share) * val_fraction] = "val"
+    splits[positions < test_share] = "test"
+    return splits
 
 
 def _image_keys(images: np.ndarray) -> np.ndarray:
@@ -47,23 +66,36 @@ def cross_split_duplicates(splits: dict[str, np.ndarray]) -> dict[str, int]:
 
 
 def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[PreparedData, dict[str, Any]]:
-    """Split and normalise; fail when more than `max_duplicate_fraction` of val+test leaks from train.
+    """Split by content hash and normalise; fail when more than `max_duplicate_fraction` of val+test
+    leaks from train (only a source's own test split can share images with train: equal images hash
+    alike and land in the same split).
 
     Args:
         raw: the ingested dataset.
         config: the `prepare` block of params.yaml.
-        seed: seeds both splits.
+        seed: the key of the split hash.
 
     Returns:
         The prepared splits and a JSON-able report (sizes, class counts, duplicates).
     """
-    if raw.x_test is not None and raw.y_test is not None:
-        x_pool, y_pool, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+    official_test = raw.x_test is not None and raw.y_test is not None
+    assigned = assign_splits(raw.x_train, seed, config.val_fraction, None if official_test else config.test_fraction)
+    x_train, y_train = raw.x_train[assigned == "train"], raw.y_train[assigned == "train"]
+    x_val, y_val = raw.x_train[assigned == "val"], raw.y_train[assigned == "val"]
+    if official_test:
+        x_test, y_test = raw.x_test, raw.y_test
     else:
-        x_pool, x_test, y_pool, y_test = _stratified_split(raw.x_train, raw.y_train, config.test_fraction,
-                                                           seed, "test_fraction")
-    x_train, x_val, y_train, y_val = _stratified_split(x_pool, y_pool, config.val_fraction, seed + 1,
-                                                       "val_fraction")
+        x_test, y_test = raw.x_train[assigned == "test"], raw.y_train[assigned == "test"]
+    for name, labels in (("train", y_train), ("val", y_val), ("test", y_test)):
+        if labels.size == 0:
+            key = "prepare.test_fraction" if name == "test" else "prepare.val_fraction"
+            raise DataError(f"{raw.source}: the {name} split is empty ({raw.y_train.size} images); use more data "
+                            f"or a larger {key}")
+    missing = [raw.class_names[index] for index in np.flatnonzero(np.bincount(y_train, minlength=len(
+        raw.class_names)) == 0)]
+    if missing:
+        raise DataError(f"{raw.source}: no training images of class(es) {missing} after the split; every class "
+                        "needs images")
     duplicates = cross_split_duplicates({"train": x_train, "val": x_val, "test": x_test})
     held_out = y_val.size + y_test.size
     leaked = duplicates["val_in_train"] + duplicates["test_in_train"] + duplicates["test_in_val"]
@@ -85,7 +117,8 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
         "input_shape": list(prepared.input_shape),
         "num_classes": prepared.num_classes,
         "class_names": prepared.class_names,
-        "test_split": "official" if raw.x_test is not None else f"carved, test_fraction={config.test_fraction}",
+        "test_split": "official" if official_test else f"carved, test_fraction={config.test_fraction}",
+        "split_rule": SPLIT_RULE,
         "sizes": {name: int(prepared.split(name)[1].size) for name in SPLITS},
         "per_class": {
             name: {class_name: int(count) for class_name, count in zip(
@@ -96,6 +129,9 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
         "duplicates": duplicates,
         "duplicate_fraction": round(leak_fraction, 6),
     }
+    report["warnings"] = [f"class {name!r} has no {split} images ({report['sizes'][split]} in the split)"
+                          for split in ("val", "test") for name, count in report["per_class"][split].items()
+                          if count == 0]
     return prepared, report
 
 

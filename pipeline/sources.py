@@ -313,9 +313,8 @@ def read_folder(root: str | Path, height: int, width: int, channels: int,
 # --------------------------------------------------------------------------- dispatch
 
 
-def read_source(config: DataConfig, root: str | Path = ".") -> RawDataset:
-    """Read the source that `data.source` selects; relative paths are taken from `root`."""
-    path = (Path(root) / config.path) if config.path else None
+def read_source(config: DataConfig, path: Path | None) -> RawDataset:
+    """Read the source that `data.source` selects from `path` (the idx, csv and folder sources)."""
     shape = (config.image_height, config.image_width, config.channels)
     if config.source == "bundled":
         return read_bundled()

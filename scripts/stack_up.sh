@@ -210,7 +210,10 @@ MLFLOW_TRACKING_URI="$MLFLOW_URL" MLFLOW_ADMIN_USERNAME="$MLFLOW_ADMIN_USERNAME"
     "$STACK_PYTHON" "$STACK_ROOT/docker/mlflow/create_pipeline_user.py" | sed 's/^/[stack] /' \
     || stack_die "could not create the MLflow user $MLFLOW_TRACKING_USERNAME for the worker."
 
-# --- work pool and worker --------------------------------------------------------------
+# --- automations, work pool and worker -------------------------------------------------
+# Flow runs whose process died are marked CRASHED, not left RUNNING (idempotent; flows/automations.py).
+(cd "$STACK_ROOT" && "$STACK_PYTHON" -m flows.automations) | sed 's/^/[stack] /' \
+    || stack_die "could not install the Prefect automations (flows/automations.py)."
 if ! "$STACK_PREFECT_BIN" work-pool inspect "$PREFECT_WORK_POOL" >/dev/null 2>&1; then
     "$STACK_PREFECT_BIN" work-pool create "$PREFECT_WORK_POOL" --type process >/dev/null \
         || stack_die "could not create the work pool $PREFECT_WORK_POOL."
@@ -223,6 +226,7 @@ else
         MLFLOW_TRACKING_URI="$MLFLOW_URL" \
         MLFLOW_TRACKING_USERNAME="$MLFLOW_TRACKING_USERNAME" \
         MLFLOW_TRACKING_PASSWORD="$MLFLOW_TRACKING_PASSWORD" \
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 \
         "$STACK_PREFECT_BIN" worker start --pool "$PREFECT_WORK_POOL" --type process \
         --name "$PREFECT_WORKER_NAME"
 fi

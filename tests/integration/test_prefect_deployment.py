@@ -243,3 +243,63 @@ def test_cron_schedule_creates_the_nightly_runs(deployed: Deployed) -> None:
     starts = sorted(run_.expected_start_time.astimezone(UTC) for run_ in runs)
     assert all((start.hour, start.minute) == (3, 0) for start in starts)
     assert starts[0] - datetime.now(UTC) <= timedelta(days=1)
+
+
+def _emit_data_changed(api_url: str, project: Path) -> None:
+    """What flows/watch.py emits when data.path changed, sent to the server's event endpoint."""
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    from flows.watch import DATA_CHANGED, resource_id
+
+    async def send() -> None:
+        async with PrefectEventsClient(api_url) as events:
+            await events.emit(Event(event=DATA_CHANGED, resource={"prefect.resource.id": resource_id(project)}))
+
+    asyncio.run(send())
+
+
+def test_data_changed_event_triggers_one_retrain_at_a_time(deployed: Deployed) -> None:
+    """The data-changed event creates a nightly-retrain run (the trigger of prefect.yaml); the same event
+    again while that run is RUNNING creates a second run that waits (concurrency limit 1) and runs after it.
+
+    Runs last in this module: it makes the project stale (another seed) so that the first run trains.
+    """
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    def runs(client: Any) -> Any:
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(
+            any_=[deployed.deployment.id])))
+
+    before = {run_.id for run_ in _in_api(deployed.api_url, runs)}
+    params = yaml.safe_load((deployed.project / "params.yaml").read_text())
+    params["seed"] += 1  # everything is stale: the first triggered run trains for a while
+    (deployed.project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    worker_log = deployed.logs / "trigger-worker.log"
+    with _started([str(BIN / "prefect"), "worker", "start", "--pool", deployed.deployment.work_pool_name,
+                   "--type", "process"], {**os.environ, **deployed.env}, worker_log, deployed.logs,
+                  grace_seconds=10):
+        _emit_data_changed(deployed.api_url, deployed.project)
+        deadline = time.monotonic() + FLOW_RUN_SECONDS
+        first = None
+        while first is None or first.state.type.value != "RUNNING":
+            assert time.monotonic() < deadline, f"no triggered run started:\n{_tail(worker_log)}"
+            time.sleep(1)
+            created = [run_ for run_ in _in_api(deployed.api_url, runs) if run_.id not in before]
+            first = created[0] if created else None
+            assert first is None or first.state.type.value not in FINAL_STATES, (
+                f"the triggered run ended {first.state.type.value} before a second event:\n{_tail(worker_log)}")
+        _emit_data_changed(deployed.api_url, deployed.project)
+        most_running, states = 0, {}
+        while True:
+            assert time.monotonic() < deadline, f"triggered runs did not finish: {states}\n{_tail(worker_log)}"
+            created = [run_ for run_ in _in_api(deployed.api_url, runs) if run_.id not in before]
+            states = {run_.id: run_.state.type.value for run_ in created}
+            most_running = max(most_running, list(states.values()).count("RUNNING"))
+            if len(created) == 2 and all(state in FINAL_STATES for state in states.values()):
+                break
+            time.sleep(1)
+    assert most_running == 1, states
+    assert list(states.values()) == ["COMPLETED", "COMPLETED"], f"{states}\n{_tail(worker_log)}"
+    second = max(created, key=lambda run_: run_.start_time)
+    assert second.start_time >= min(created, key=lambda run_: run_.start_time).end_time  # it waited

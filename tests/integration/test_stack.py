@@ -26,6 +26,11 @@ def test_stack_up_again_leaves_the_running_stack_alone(stack: Stack) -> None:
     for service in ("mlflow", "prefect-server", "prefect-worker"):
         assert f"{service} already running" in again.stdout
     assert {path.name: path.read_text() for path in (stack.state_dir / "pids").iterdir()} == pids_before
+    # The zombie-run automation: installed by the first start, updated (not duplicated) by the second.
+    assert "automation crash-zombie-flow-runs: updated" in again.stdout
+    found = stack.prefect("POST", "/automations/filter", stack.prefect_auth_string, json={})
+    assert found.status_code == 200, found.text
+    assert [automation["name"] for automation in found.json()].count("crash-zombie-flow-runs") == 1
 
 
 # --- MLflow ------------------------------------------------------------------------------

@@ -13,20 +13,17 @@ from __future__ import annotations
 import os
 import textwrap
 import time
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
+from flows.automations import HEARTBEAT_SECONDS, install
 from tests.conftest import BIN
 from tests.reliability.faults import free_port, kill_group, running, tail, tool_env, wait_for, wait_healthy
 
 pytestmark = pytest.mark.slow
 
-HEARTBEAT_SECONDS = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY; Prefect 3.8 enforces at least 30
-SILENCE_SECONDS = 45  # no heartbeat for this long = zombie; above the heartbeat period, with slack
 DETECTION_BOUND_SECONDS = 120  # kill -> CRASHED: silence window + 5 s trigger evaluation + slack for a busy machine
 
 FLOW = textwrap.dedent('''
@@ -44,38 +41,13 @@ FLOW = textwrap.dedent('''
 ''')
 
 
-def zombie_automation() -> Any:
-    """The automation Prefect documents for self-hosted servers ("detect zombie flows"): a flow run
-    that sent a heartbeat and then neither another one nor a final state within SILENCE_SECONDS is
-    marked CRASHED. Prefect's open-source server has no built-in equivalent."""
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
-
-    return AutomationCore(
-        name="crash-zombie-flow-runs",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=SILENCE_SECONDS),
-        ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=f"No heartbeat for {SILENCE_SECONDS}s: the flow run's process is gone")],
-    )
-
-
 def test_killed_worker_leaves_the_flow_run_crashed_not_running(tmp_path: Path) -> None:
     """Fault: SIGKILL of the worker's process group while its flow run is RUNNING, then of the flow
     run's own process (the process worker starts it in a session of its own, so the first kill alone
     does not stop it: the run would simply complete); together, what losing the machine does.
     Expected: with flow-run heartbeats on (PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 for the worker) and
-    the documented zombie automation on the server, the run is marked CRASHED, not left RUNNING.
+    the zombie automation on the server (flows/automations.py, as make stack-up and compose install
+    it), the run is marked CRASHED, not left RUNNING.
     Without that automation Prefect 3.8's server leaves it RUNNING indefinitely.
     Tolerance: CRASHED within 120 s of the kill (45 s of silence after the last heartbeat, which
     is at most 30 s old, plus the server's 5 s trigger evaluation).
@@ -107,7 +79,8 @@ def test_killed_worker_leaves_the_flow_run_crashed_not_running(tmp_path: Path) -
         with get_client(sync_client=True) as client:
             client.create_work_pool(WorkPoolCreate(
                 name="reliability", type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
-            client.create_automation(zombie_automation())
+            assert install(client) == "created" and install(client) == "updated"  # idempotent
+            assert len(client.read_automations_by_name("crash-zombie-flow-runs")) == 1
             deployment_id = client.create_deployment(
                 flow_id=client.create_flow_from_name("sleepy"), name="sleepy", work_pool_name="reliability",
                 entrypoint="sleepy.py:sleepy", path=str(flow_dir),

@@ -30,14 +30,47 @@ def test_normalise_rejects_other_dtypes() -> None:
         normalise(np.zeros((1, 2, 2, 1), dtype=np.float32))
 
 
-def test_splits_are_stratified_seeded_and_disjoint() -> None:
+def test_splits_follow_the_content_hash_seeded_and_disjoint() -> None:
     config = PrepareConfig(val_fraction=0.1, test_fraction=0.2)
-    first, report = prepare(dataset(), config, seed=7)
-    second, _ = prepare(dataset(), config, seed=7)
-    other, _ = prepare(dataset(), config, seed=8)
-    assert report["sizes"] == {"train": 144, "val": 16, "test": 40}
-    assert np.bincount(first.y_test).tolist() == [10, 10, 10, 10]
+    first, report = prepare(dataset(2000), config, seed=7)
+    second, _ = prepare(dataset(2000), config, seed=7)
+    other, _ = prepare(dataset(2000), config, seed=8)
+    sizes = report["sizes"]
+    assert sum(sizes.values()) == 2000
+    assert abs(sizes["test"] - 400) < 60 and abs(sizes["val"] - 160) < 45  # 0.2 and 0.8 x 0.1, by hash
     assert np.array_equal(first.x_test, second.x_test) and not np.array_equal(first.x_test, other.x_test)
+    assert report["duplicates"] == {"val_in_train": 0, "test_in_train": 0, "test_in_val": 0}
+    assert set(report["per_class"]["test"]) == {"c0", "c1", "c2", "c3"}
+
+
+def test_growing_data_keeps_every_images_split() -> None:
+    """3,000 bundled digits, then 4,500 (the same 3,000 and 1,500 more): every one of the first 3,000
+    keeps its split, so no test image of the new version was a training image of the old champion."""
+    from pipeline.sources import read_bundled
+
+    bundled = read_bundled()
+    arrival = np.random.default_rng(0).permutation(bundled.y_train.size)  # the sample is sorted by class
+
+    def splits_of(count: int) -> dict[bytes, str]:
+        raw = RawDataset(x_train=bundled.x_train[arrival[:count]], y_train=bundled.y_train[arrival[:count]],
+                         class_names=bundled.class_names, source="bundled")
+        prepared, _ = prepare(raw, PrepareConfig(), seed=42)
+        return {(image * 255).round().astype(np.uint8).tobytes(): split for split in ("train", "val", "test")
+                for image in prepared.split(split)[0]}
+
+    old, new = splits_of(3000), splits_of(4500)
+    assert all(new[image] == split for image, split in old.items())
+    old_train = {image for image, split in old.items() if split == "train"}
+    assert not old_train & {image for image, split in new.items() if split == "test"}
+    assert len(new) > len(old) + 1400  # (a few digits of the sample are byte-identical)
+
+
+def test_identical_images_land_in_the_same_split() -> None:
+    raw = dataset(400)
+    doubled = RawDataset(x_train=np.concatenate([raw.x_train, raw.x_train]),
+                         y_train=np.concatenate([raw.y_train, raw.y_train]), class_names=raw.class_names,
+                         source="generated")
+    _, report = prepare(doubled, PrepareConfig(), seed=1)
     assert report["duplicates"] == {"val_in_train": 0, "test_in_train": 0, "test_in_val": 0}
 
 
@@ -63,6 +96,17 @@ def test_duplicate_counting_is_exact() -> None:
     assert cross_split_duplicates({"train": base, "test": later}) == {"test_in_train": 2}
 
 
-def test_too_few_images_per_class_is_explained() -> None:
-    with pytest.raises(DataError, match="Each class needs at least two images per split"):
-        prepare(dataset(count=8, classes=4), PrepareConfig(val_fraction=0.1, test_fraction=0.1), seed=0)
+def test_an_empty_split_is_explained() -> None:
+    with pytest.raises(DataError, match=r"the (val|test) split is empty .* use more data or a larger prepare\."):
+        prepare(dataset(count=3, classes=2), PrepareConfig(val_fraction=0.01, test_fraction=0.01), seed=0)
+
+
+def test_a_class_missing_from_a_held_out_split_is_reported() -> None:
+    raw = dataset(400, classes=2)
+    rare = RawDataset(x_train=np.concatenate([raw.x_train, raw.x_train[:1] // 2]),
+                      y_train=np.concatenate([raw.y_train, [2]]), class_names=[*raw.class_names, "rare"],
+                      source="generated")
+    _, report = prepare(rare, PrepareConfig(), seed=3)
+    held_out = [split for split in ("val", "test") if report["per_class"][split]["rare"] == 0]
+    assert [warning for warning in report["warnings"] if "'rare'" in warning] == [
+        f"class 'rare' has no {split} images ({report['sizes'][split]} in the split)" for split in held_out]
