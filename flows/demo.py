@@ -1,6 +1,6 @@
 """Continuous training as a story anyone can run offline (`make demo-continuous`).
 
-    python -m flows.demo [--dir demo-continuous] [--days 2000,1500,0,1500!,fix]
+    python -m flows.demo [--dir demo-continuous] [--days 2000,1500,0,1500!,fix]   # from the project directory
 
 A fresh copy of the project whose data.source is a folder of PNG digits in data/source/digits/. Each
 "day", new labelled images arrive (taken from the bundled MNIST sample in a fixed random order) and

@@ -89,7 +89,7 @@ def failed(root: Path, before: dict[str, Any], error: BaseException, label: str)
     """A failed run: its reason, and that the previous data version, models and champion are untouched."""
     decision = dvc_sync.last_decision(root)
     champion = _champion(root, decision)
-    reason = f"{type(error).__name__}: {error}"
+    reason = f"{type(error).__name__}: {error}".replace(f"{root}/", "")  # paths as the project names them
     kept = f"champion v{champion['champion']} stays" if champion["champion"] else "there is no champion yet"
     create_markdown_artifact(
         markdown=f"# Training report: failed\n\n```\n{reason}\n```\n\nNothing was replaced: the previous data "

@@ -27,6 +27,7 @@ from flows import dvc_sync, report
 from pipeline import console, history
 from pipeline.compare import run_compare
 from pipeline.config import PipelineConfig, load_params
+from pipeline.errors import PipelineError, SourceUnavailableError, TrackingError
 from pipeline.evaluate import evaluate_variant
 from pipeline.ingest import run_ingest
 from pipeline.prepare import run_prepare
@@ -35,10 +36,25 @@ from pipeline.tracking import setup as setup_tracking
 from pipeline.train import run_train
 from pipeline.versioning import bring_in
 
+
 # Retries only where I/O can fail for a moment: a download (ingest from keras.datasets) and the
 # tracking server / registry (evaluate logs to MLflow; registering is idempotent per run id).
 # Training is never retried silently: a failed fit fails the flow run.
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5)}
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what may pass (a server, a download, anything unexpected); not bad data or bad params."""
+    try:
+        state.result()
+    except (TrackingError, SourceUnavailableError):
+        return True
+    except PipelineError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+              "retry_condition_fn": _transient}
 # DVC decides what reruns (stale_stages below), never Prefect's result cache: with result persistence
 # turned on (PREFECT_RESULTS_PERSIST_BY_DEFAULT), a "cached" train task would skip training and leave
 # stale files. NO_CACHE also spares hashing each task's inputs and source on every run.

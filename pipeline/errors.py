@@ -19,6 +19,10 @@ class DataError(PipelineError, ValueError):
     """The input data is unusable; the message names the file and the problem."""
 
 
+class SourceUnavailableError(DataError):
+    """The data source could not be reached (a download, a bucket, a server): worth retrying later."""
+
+
 class MissingInputError(PipelineError, FileNotFoundError):
     """A file an earlier stage writes is missing; the message names it and the stage to run."""
 

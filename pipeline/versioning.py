@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import DataConfig
-from pipeline.errors import DataError
+from pipeline.errors import DataError, SourceUnavailableError
 from pipeline.layout import Layout
 
 STATIC_SOURCES = ("bundled", "keras")
@@ -112,7 +112,8 @@ def bring_in(config: DataConfig, root: Path) -> dict[str, Any]:
             else:
                 repo.update([str(source.dvc_file.relative_to(root))])
         except Exception as error:  # DVC's own errors: an unreachable URL, credentials, a full disk
-            raise DataError(f"data.path {config.path}: {action} failed ({type(error).__name__}: {error})") from error
+            raise SourceUnavailableError(f"data.path {config.path}: {action} failed ({type(error).__name__}: "
+                                         f"{error})") from error
     after = source.version()
     return {"origin": source.origin, "copy": str(source.copy.relative_to(root)),
             "dvc_file": str(source.dvc_file.relative_to(root)), "action": action, "before": before,
@@ -167,7 +168,7 @@ def _listing(origin: str, root: Path, fs_config: dict[str, str]) -> list[tuple[s
     try:
         found = filesystem.find(fs_path, detail=True)
     except Exception as error:
-        raise DataError(f"data.path {origin}: cannot list it ({type(error).__name__}: {error})") from error
+        raise SourceUnavailableError(f"data.path {origin}: cannot list it ({type(error).__name__}: {error})") from error
     keys = ("ETag", "etag", "md5", "mtime", "LastModified", "last_modified")
     return [(name, int(info.get("size") or 0), str(next((info[key] for key in keys if info.get(key)), "")))
             for name, info in found.items()]

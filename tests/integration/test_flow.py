@@ -60,7 +60,8 @@ def test_flow_matches_dvc_and_tags_runs(harness: None, tmp_path: Path) -> None:
     artifacts = asyncio.run(artifacts_of(flow_run_id))
     assert {"leaderboard", "training-report"} <= set(artifacts)
     report = artifacts["training-report"].data
-    assert "#/experiments/" in report and "error_gallery.png" in report and "Registry:" in report
+    assert "#/experiments/" in report and "error_gallery.png" in report and "## Decision" in report
+    assert "| added |" in report and "mnist-cnn v1" in report  # the data growth next to the decision
 
 
 def test_transient_io_failure_is_retried(harness: None) -> None:
