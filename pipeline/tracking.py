@@ -10,6 +10,7 @@ registry and artifacts; most functions are a few lines around one MLflow call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import urllib.error
@@ -121,17 +122,49 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def training_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
-    """A new run, active inside the block; it ends FINISHED, or FAILED on an exception."""
+def training_run(experiment_id: str, run_name: str, tags: dict[str, str], start_ms: int | None = None,
+                 end_ms: int | None = None) -> Iterator[str]:
+    """A new run, active inside the block; it ends FINISHED, or FAILED on an exception. Given
+    `start_ms`/`end_ms` (epoch milliseconds), the run's times are those: the fit's, logged after it."""
     import mlflow
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+    client = mlflow.MlflowClient()
+    created = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=run_name)
+    with mlflow.start_run(run_id=created.info.run_id) as run:
         yield run.info.run_id
+    if end_ms is not None:
+        client.set_terminated(run.info.run_id, status="FINISHED", end_time=end_ms)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetRecord:
+    """What a run trained on, for MLflow's Datasets column: the DVC md5 is the digest."""
+
+    name: str
+    digest: str
+    source: str
+    context: str
+    tags: dict[str, str]
+
+
+def _log_datasets(datasets: list[DatasetRecord]) -> None:
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for record in datasets:
+        with warnings.catch_warnings():  # MLflow registers its local source class twice and says so
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(record.source)
+        dataset = MetaDataset(source, name=record.name, digest=record.digest[:12])
+        mlflow.log_input(dataset, context=record.context, tags=record.tags)
 
 
 def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel,
                      files: list[Path], example: np.ndarray, tags: dict[str, str],
-                     ghost_run_file: Path) -> dict[str, str]:
+                     ghost_run_file: Path, datasets: list[DatasetRecord] | None = None) -> dict[str, str]:
     """Log a finished training as one MLflow run: the resolved params, per-epoch metrics, the fit's
     seconds, config and summary artifacts, and the model. A run left RUNNING by a killed attempt (its
     id in `ghost_run_file`) is marked FAILED first.
@@ -155,9 +188,11 @@ def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel
             # Groups the runs of one pipeline execution: `make repro` and the Prefect flow set it.
             "run_group": os.environ.get("PIPELINE_RUN_GROUP", f"{tags['git_commit'][:12]}-{tags['data_version'][:8]}"),
             **tags}
-    with training_run(experiment_id, variant.name, tags) as run_id:
+    with training_run(experiment_id, variant.name, tags, start_ms=trained.run.get("fit_started_ms"),
+                      end_ms=trained.run.get("fit_ended_ms")) as run_id:
         ghost_run_file.parent.mkdir(parents=True, exist_ok=True)
         ghost_run_file.write_text(run_id)
+        _log_datasets(datasets or [])
         client = mlflow.MlflowClient()
         timestamp = int(time.time() * 1000)
         metrics = [Metric(f"epoch_{name}", float(value), timestamp, step)

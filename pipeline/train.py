@@ -136,7 +136,7 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    started = time.perf_counter()
+    started, started_ms = time.perf_counter(), int(time.time() * 1000)
     # One iterator over all epochs' batches (steps_per_epoch given): Keras does not restart it per epoch.
     fitted = model.fit(train_data, validation_data=val_data, epochs=settings.epochs, steps_per_epoch=steps_per_epoch,
                        callbacks=callbacks, shuffle=False, verbose=verbose)  # the tf.data pipeline shuffles
@@ -161,6 +161,9 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
         "epochs_run_this_process": epochs_this_process,
         "resumed_from_epoch": resume_epoch,
         "resume_note": resume_note,
+        # The run's start and end in MLflow: the fit's, not the moment it was logged.
+        "fit_started_ms": started_ms,
+        "fit_ended_ms": started_ms + int(seconds * 1000),
     }
     return TrainedModel(model=model, history=history, summary="\n".join(lines), training=training, run=run)
 
@@ -247,14 +250,21 @@ def run_train(config: PipelineConfig, name: str, root: Path, track: bool = True,
     if track:
         kept = (f"logging the run of {name} (the finished training is kept in {work.trained} and is "
                 "logged without retraining when the stage is rerun)")
-        example = np.asarray(load_prepared(layout.prepared_dir, mmap=True).x_val[:5])
+        data = load_prepared(layout.prepared_dir, mmap=True)
+        example = np.asarray(data.x_val[:5])
+        datasets = [tracking.DatasetRecord(name=f"{split} ({labels.size:,} images)", digest=data_version,
+                                           source=str(layout.prepared_dir.relative_to(root)), context=context,
+                                           tags={"split": split, "images": str(labels.size),
+                                                 "classes": ", ".join(data.class_names)})
+                    for split, context, labels in (("train", "training", data.y_train),
+                                                   ("val", "validation", data.y_val))]
         tags = {"git_commit": run["git_commit"], "data_version": data_version,
                 "params_hash": trained.training["params_hash"], "model_digest": run["model_digest"],
                 **(extra_tags or {})}
         with tracking.outage_reported(root, kept):
             run.update(tracking.log_training_run(
                 experiment_id, variant, trained, files=[layout.history_file(name), layout.training_file(name)],
-                example=example, tags=tags, ghost_run_file=work.run_id_file))
+                example=example, tags=tags, ghost_run_file=work.run_id_file, datasets=datasets))
     write_json(layout.run_record(name), run)
     work.close()
     return {**trained.training, **run}

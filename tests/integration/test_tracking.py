@@ -29,7 +29,9 @@ def test_every_param_of_a_large_variant_is_logged(tmp_path: Path, monkeypatch: p
     variant = parse_params(_large_variant_params()).variant("deep")
     model = build_model(variant.layers, (28, 28, 1), 10, name="deep")
     trained = TrainedModel(model=model, history={"loss": [1.0, 0.5], "val_accuracy": [0.5, 0.6]}, summary="s",
-                           training={"params": model.count_params()}, run={"train_seconds": 1.5})
+                           training={"params": model.count_params()},
+                           run={"train_seconds": 1.5, "fit_started_ms": 1_700_000_000_000,
+                                "fit_ended_ms": 1_700_000_001_500})
     experiment_id = tracking.setup(tmp_path, "large")
     expected = tracking.flatten(variant.settings())
     assert len(expected) > 100
@@ -37,7 +39,9 @@ def test_every_param_of_a_large_variant_is_logged(tmp_path: Path, monkeypatch: p
 
     logged = tracking.log_training_run(experiment_id, variant, trained, files=[], example=np.zeros((2, 28, 28, 1),
                                        np.float32), tags={"git_commit": "c" * 40, "data_version": "d" * 32},
-                                       ghost_run_file=tmp_path / "run_id")
+                                       ghost_run_file=tmp_path / "run_id",
+                                       datasets=[tracking.DatasetRecord("train (3 images)", "d" * 32, "data/prepared",
+                                                                        "training", {"split": "train"})])
     run = mlflow.MlflowClient().get_run(logged["run_id"])
     assert len(run.data.params) == len(expected) + 1  # and model.params
     assert {key: run.data.params[key] for key in expected} == expected
@@ -45,6 +49,11 @@ def test_every_param_of_a_large_variant_is_logged(tmp_path: Path, monkeypatch: p
     history = mlflow.MlflowClient().get_metric_history(logged["run_id"], "epoch_val_accuracy")
     assert [(metric.step, metric.value) for metric in history] == [(1, 0.5), (2, 0.6)]
     assert run.data.metrics["train_seconds"] == 1.5
+    # The run lasts as long as the fit, not as long as the logging after it (MLflow's Duration column).
+    assert (run.info.start_time, run.info.end_time) == (1_700_000_000_000, 1_700_000_001_500)
+    [dataset] = run.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("train (3 images)", "d" * 12)
+    assert {tag.key: tag.value for tag in dataset.tags}["mlflow.data.context"] == "training"
 
 
 class _Unavailable(http.server.BaseHTTPRequestHandler):
