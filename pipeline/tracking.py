@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -206,7 +207,7 @@ def training_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Ite
 
 def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel,
                      files: list[Path], example: np.ndarray, tags: dict[str, str],
-                     ghost_run_file: Path) -> dict[str, str]:
+                     ghost_run_file: Path, model_file: Path | None = None) -> dict[str, str]:
     """Log a finished training as one MLflow run: the resolved params, per-epoch metrics, the fit's
     seconds, config and summary artifacts, and the model. A run left RUNNING by a killed attempt (its
     id in `ghost_run_file`) is marked FAILED first.
@@ -245,33 +246,45 @@ def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel
         mlflow.log_text(trained.summary, "model_summary.txt")
         for path in files:
             mlflow.log_artifact(str(path))
-        model_uri = log_keras_model(trained.model, example)
+        model_uri = log_keras_model(trained.model, example, model_file=model_file)
         mlflow.set_tag("model_uri", model_uri)
     return {"run_id": run_id, "model_uri": model_uri}
 
 
-def log_keras_model(model: Any, example: np.ndarray, name: str = "model") -> str:
-    """Log a Keras model with its signature (input and output shapes); return its `models:/` URI.
+def log_keras_model(model: Any, example: np.ndarray, name: str = "model", model_file: Path | None = None) -> str:
+    """Log a Keras model as a served pyfunc (`pipeline.serving.KerasClassifier` over its `.keras` file),
+    with its signature and the file's sha256; return its `models:/` URI.
 
-    No `input_example`: with one, MLflow reloads the saved model and predicts to validate the
-    example as a serving request, which made tracking cost about 9 % of a small variant's training
-    time (benchmarks/, tracking section). The signature is inferred from one direct forward pass.
+    Args:
+        model: the keras.Model (its signature is inferred from one direct forward pass of `example`).
+        example: a few input images.
+        name: the logged model's name in the run.
+        model_file: the model's `.keras` file, logged byte for byte (the register stage's sha256 and the
+            DVC output then name the same file); default: `model` saved canonically.
+
+    No `input_example`: with one, MLflow reloads the saved model and predicts to validate the example
+    as a serving request, which made tracking cost about 9 % of a small variant's training time.
     """
     import keras
     import mlflow
-    import mlflow.tensorflow
     import tensorflow as tf
     from mlflow.models import infer_signature
 
+    from pipeline.lineage import file_sha256
+    from pipeline.model_files import save_model
+    from pipeline.serving import MODEL_ARTIFACT, KerasClassifier
+
     signature = infer_signature(example, np.asarray(model(example, training=False)))
-    # mlflow.keras.log_model (3.17) fails to write the input example; the tensorflow flavor saves the
-    # same Keras 3 model (as .keras) and serves it through pyfunc.
-    info = mlflow.tensorflow.log_model(
-        model, name=name, signature=signature,
-        # Stated, not inferred: inference re-imports the model in a subprocess (slow, offline-unsafe).
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                          f"mlflow=={mlflow.__version__}"],
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        if model_file is None:
+            model_file = save_model(model, Path(scratch) / "model.keras")
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=KerasClassifier(), artifacts={MODEL_ARTIFACT: str(model_file)},
+            model_config={"model_sha256": file_sha256(model_file)}, signature=signature,
+            # Stated, not inferred: inference re-imports the model in a subprocess (slow, offline-unsafe).
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+                              f"mlflow=={mlflow.__version__}"],
+        )
     return info.model_uri
 
 

@@ -258,7 +258,7 @@ def run_train(config: PipelineConfig, name: str, root: Path, track: bool = True,
         with tracking.outage_reported(root, kept):
             run.update(tracking.log_training_run(
                 experiment_id, variant, trained, files=[layout.history_file(name), layout.training_file(name)],
-                example=example, tags=tags, ghost_run_file=work.run_id_file))
+                example=example, tags=tags, ghost_run_file=work.run_id_file, model_file=layout.model_file(name)))
     write_json(layout.run_record(name), run)
     work.close()
     return {**trained.training, **run}

@@ -802,6 +802,13 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
                       "exactly one of the input fields"),
     "not-json": ({"data": "pixels please", "headers": {"Content-Type": "text/plain"}}, 415,
                  "only supports the following content types"),
+    # Issue 17 #13: 0-255 pixels were taken as 0-1 and answered with probability 1.0.
+    "pixels-0-255": ({"json": {"instances": np.full((1, 28, 28, 1), 255.0).tolist()}}, 400,
+                     "floats in [0, 1]; got values from 255 to 255. Pixels of 0-255 must be divided by 255"),
+    "pixels-0-255-as-integers": ({"json": {"instances": np.full((1, 28, 28, 1), 200).tolist()}}, 400,
+                                 "floats in [0, 1]"),
+    "negative-pixels": ({"json": {"instances": np.full((1, 28, 28, 1), -0.5).tolist()}}, 400,
+                        "got values from -0.5 to -0.5"),
 }
 
 
