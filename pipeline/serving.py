@@ -56,6 +56,9 @@ class KerasClassifier(mlflow.pyfunc.PythonModel):
         config = context.model_config or {}
         self.model = load_model_checked(Path(context.artifacts[MODEL_ARTIFACT]), config.get("model_sha256"))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    # Not annotated: MLflow reads the annotations of `predict` as an input schema, and warns that `Any` is
+    # none; the logged signature (N, H, W, C float32 images) is the schema.
+    def predict(self, context, model_input, params=None):
+        """Class probabilities (N, classes) for a batch that `check_images` accepts."""
         images = check_images(model_input, tuple(self.model.input_shape[1:]))
         return np.asarray(self.model.predict(images, verbose=0))

@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -275,16 +276,25 @@ def log_keras_model(model: Any, example: np.ndarray, name: str = "model", model_
     from pipeline.serving import MODEL_ARTIFACT, KerasClassifier
 
     signature = infer_signature(example, np.asarray(model(example, training=False)))
-    with tempfile.TemporaryDirectory() as scratch:
-        if model_file is None:
-            model_file = save_model(model, Path(scratch) / "model.keras")
-        info = mlflow.pyfunc.log_model(
-            name=name, python_model=KerasClassifier(), artifacts={MODEL_ARTIFACT: str(model_file)},
-            model_config={"model_sha256": file_sha256(model_file)}, signature=signature,
-            # Stated, not inferred: inference re-imports the model in a subprocess (slow, offline-unsafe).
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                              f"mlflow=={mlflow.__version__}"],
-        )
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        # Advice that does not apply here, printed by every training stage otherwise: the signature is
+        # given (no type hints, no input example needed), and the pickled object is this project's class.
+        warnings.filterwarnings("ignore", message=".*(type hints|input example was not provided)", category=UserWarning)
+        pyfunc_log.setLevel(logging.ERROR)
+        try:
+            if model_file is None:
+                model_file = save_model(model, Path(scratch) / "model.keras")
+            info = mlflow.pyfunc.log_model(
+                name=name, python_model=KerasClassifier(), artifacts={MODEL_ARTIFACT: str(model_file)},
+                model_config={"model_sha256": file_sha256(model_file)}, signature=signature,
+                # Stated, not inferred: inference re-imports the model in a subprocess (slow, offline-unsafe).
+                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+                                  f"mlflow=={mlflow.__version__}"],
+            )
+        finally:
+            pyfunc_log.setLevel(level)
     return info.model_uri
 
 
