@@ -273,17 +273,20 @@ def log_keras_model(model: Any, example: np.ndarray, name: str = "model", model_
 
     from pipeline.lineage import file_sha256
     from pipeline.model_files import save_model
-    from pipeline.serving import MODEL_ARTIFACT, KerasClassifier
 
     signature = infer_signature(example, np.asarray(model(example, training=False)))
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     level = pyfunc_log.level
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
-        # Advice that does not apply here, printed by every training stage otherwise: the signature is
-        # given (no type hints, no input example needed), and the pickled object is this project's class.
-        warnings.filterwarnings("ignore", message=".*(type hints|input example was not provided)", category=UserWarning)
+        # MLflow's advice, printed by every training stage otherwise, does not apply: the signature is given
+        # (no type hints or input example needed) and the pickled object is this project's class. Its
+        # advice to type-hint `predict` is shown past any filter (MLflow sets its own), hence no display
+        # at all while the model is logged (catch_warnings restores it).
+        warnings.showwarning = lambda *args, **kwargs: None
         pyfunc_log.setLevel(logging.ERROR)
         try:
+            from pipeline.serving import MODEL_ARTIFACT, KerasClassifier  # MLflow warns when the class is made
+
             if model_file is None:
                 model_file = save_model(model, Path(scratch) / "model.keras")
             info = mlflow.pyfunc.log_model(
