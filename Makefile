@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps repro test test-fast bench lint mlflow-ui clean demo-continuous
+.PHONY: help install system-deps repro exp-show plots test test-fast bench lint mlflow-ui clean demo-continuous
 .DEFAULT_GOAL := help
 
 help:  ## List the targets
@@ -23,7 +23,20 @@ install: $(STAMP)  ## Create .venv and install the pinned dependencies
 repro: $(STAMP)  ## Run the whole pipeline on the offline default (dvc repro)
 	PATH="$(abspath $(BIN)):$$PATH" PIPELINE_RUN_GROUP=repro-$$(date -u +%Y%m%dT%H%M%SZ) $(BIN)/dvc repro
 
-system-deps:  ## Debian packages the tests need (headless Chromium); installs them as root
+# The columns a user compares: the accuracies and the params that differ between experiments, with
+# short headers (DVC's own table has over 100 columns: every cell is "…" in an 80-column terminal).
+exp-show: $(STAMP)  ## Experiments side by side: accuracies and the params that differ
+	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python scripts/exp_show.py
+
+PLOTS_JS := plots/node_modules/.package-lock.json
+$(PLOTS_JS): plots/package.json plots/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found; install Node.js and npm (apt-get install npm)"; exit 1; }
+	npm ci --prefix plots --no-audit --no-fund --loglevel=error
+
+plots: $(STAMP) $(PLOTS_JS)  ## Learning curves and confusion matrices as a page that works offline (dvc_plots/index.html)
+	$(BIN)/dvc plots show
+
+system-deps:  ## Debian packages the tests need (headless Chromium, npm); installs them as root
 	bash scripts/system_deps.sh
 
 test: $(STAMP) system-deps  ## Run the test suite

@@ -21,8 +21,10 @@ except ModuleNotFoundError as missing:
           f"{fix}.", file=sys.stderr)
     sys.exit(2)
 
-from pipeline import console
-from pipeline.cli import main
+from pipeline import console, workspace
+
+workspace.claim_for_dvc_run()  # a stage of `dvc repro` / `dvc exp run`: one run at a time in the workspace
+from pipeline.cli import main  # noqa: E402
 
 if "--verbose" in sys.argv[1:]:
     os.environ["PIPELINE_VERBOSE"] = "1"

@@ -15,7 +15,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from pipeline.errors import StorageError
 from pipeline.io import write_json, write_text
 from pipeline.lineage import file_sha256
 
@@ -62,12 +66,40 @@ class WorkDir:
         shutil.rmtree(self.backup, ignore_errors=True)
         self.history.unlink(missing_ok=True)  # its rows belong to the abandoned attempt
 
+    def check_space(self, needed: int, epochs_done: int) -> None:
+        """Before Keras writes the backup of an epoch: fail with the bytes needed when its disk lacks them.
+
+        A disk that fills while Keras writes its backup gave h5py errors and a segfault (exit 139); a
+        check first fails with one line, and the backup of the previous epoch stays complete, so the
+        rerun resumes from it.
+        """
+        self.backup.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.backup).free
+        if free < needed:
+            kept = f"the backup of epoch {epochs_done - 1}" if epochs_done > 1 else "no backup yet"
+            raise StorageError(
+                f"{self.backup}: the backup of epoch {epochs_done} needs {needed:,} bytes, and its disk has "
+                f"{free:,} free; free {needed - free:,} bytes or more and rerun the stage (it resumes from "
+                f"{kept})")
+
     def record_backup(self, epochs_done: int) -> None:
         """Called right after Keras wrote its backup of an epoch: the manifest that vouches for it."""
         write_json(self.manifest, {"epoch": epochs_done, "files": _digests(self.backup)})
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+# HDF5 and zip overhead, the training metadata and the manifest: well under this on the seed variants.
+BACKUP_OVERHEAD_BYTES = 1 << 20
+
+
+def backup_bytes(model: Any) -> int:
+    """What a Keras backup of `model` takes on disk, at most: every model and optimizer variable (Keras
+    backs up the optimizer's state for an exact resume) and BACKUP_OVERHEAD_BYTES."""
+    variables = list(model.weights) + list(getattr(model.optimizer, "variables", []))
+    return sum(int(np.prod(variable.shape)) * np.dtype(variable.dtype).itemsize for variable in variables) \
+        + BACKUP_OVERHEAD_BYTES
 
 
 def _digests(directory: Path) -> dict[str, str]:

@@ -167,14 +167,20 @@ def rollback(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
 def predict(folder: Annotated[Path, typer.Argument(help="A folder of PNG/JPEG images.")],
             params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
             model_uri: Annotated[str | None, typer.Option(help="Default: models:/<name>@champion.")] = None,
+            skip_bad: Annotated[bool, typer.Option(
+                "--skip-bad", help="Classify the good images, list the bad ones (default: refuse all).")] = False,
             verbose: VerboseOption = False) -> None:
-    """Classify a folder of images with the champion model; print file, class, probability."""
-    import pandas as pd
+    """Classify a folder of images with the champion model; print file, class, probability.
 
+    Every file is checked first; the model that answered is named on stderr.
+    """
     from pipeline.predict import predict_folder
 
-    table: pd.DataFrame = predict_folder(_config(params), folder, root, model_uri)
-    typer.echo(table.to_string(index=False))
+    result = predict_folder(_config(params), folder, root, model_uri, skip_bad=skip_bad)
+    for problem in result.skipped:
+        typer.secho(f"skipped: {problem}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"model: {result.model}", err=True)
+    typer.echo(result.table.to_string(index=False))
 
 
 def main() -> None:

@@ -311,6 +311,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _one_line(error: yaml.YAMLError) -> str:
+    """PyYAML's message without the quoted source lines it appends: the problem, and where."""
+    if not isinstance(error, yaml.MarkedYAMLError) or not error.problem:
+        return " ".join(str(error).split())
+    context = f"{error.context}; " if error.context else ""
+    where = error.problem_mark
+    if where is None or "line" in error.problem:
+        return f"{context}{error.problem}"
+    return f"{context}{error.problem} (line {where.line + 1}, column {where.column + 1})"
+
+
 def read_params_file(path: str | Path) -> dict[str, Any]:
     """The params file as a mapping; invalid YAML or a repeated key fails naming the line(s)."""
     path = Path(path)
@@ -319,7 +330,7 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as error:
-        raise ParamsError(f"{path} is not valid YAML: {error}") from None
+        raise ParamsError(f"{path} is not valid YAML: {_one_line(error)}") from None
     return raw if raw is not None else {}
 
 

@@ -37,3 +37,7 @@ class TrackingError(PipelineError, RuntimeError):
 
 class RegistryError(PipelineError, RuntimeError):
     """The model registry is not in the state an operation needs (no champion, a stale run...)."""
+
+
+class StorageError(PipelineError, OSError):
+    """A disk cannot hold what a stage must write; the message names the folder, the bytes needed and free."""

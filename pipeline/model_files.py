@@ -9,16 +9,18 @@ then identify the model itself, and a rerun with the same inputs leaves `dvc.loc
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ModelFileError
+from pipeline.errors import ModelFileError, StorageError
 from pipeline.io import atomic_path, read_json, write_json, write_text
 from pipeline.lineage import file_sha256
 
@@ -61,11 +63,17 @@ def canonicalize(source: Path, target: Path) -> None:
 def save_model(model: Any, target: Path) -> Path:
     """Save a Keras model as a reproducible `.keras` file, atomically; return the path."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".saving-") as scratch:
-        raw = Path(scratch) / "model.keras"
-        model.save(raw)
-        with atomic_path(target) as canonical:
-            canonicalize(raw, canonical)
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".saving-") as scratch:
+            raw = Path(scratch) / "model.keras"
+            model.save(raw)
+            with atomic_path(target) as canonical:
+                canonicalize(raw, canonical)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise StorageError(f"{target.parent}: no space left to save {target.name} "
+                           f"({shutil.disk_usage(target.parent).free:,} bytes free); free some and rerun") from None
     return target
 
 

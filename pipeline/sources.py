@@ -15,6 +15,7 @@ import importlib.resources
 import math
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 # A CSV label is a class index; without data.class_names the classes are 0..max(label), so a stray
 # 1e9 would otherwise create a billion classes.
 MAX_CSV_LABEL = 9_999
+# A header cell such as "pixel783" or a value such as "255" takes a few bytes; 32 per expected column
+# leaves room for any sane header while bounding what is read of a first line before it is judged.
+MAX_CSV_BYTES_PER_COLUMN = 32
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -109,6 +113,8 @@ def _open_maybe_gzip(path: Path) -> bytes:
             with gzip.open(path, "rb") as handle:
                 return handle.read()
         return path.read_bytes()
+    except PermissionError:
+        raise  # read_source names the path and the fix
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: cannot read ({error})") from None
 
@@ -191,13 +197,41 @@ def _to_uint8(pixels: np.ndarray, path: Path) -> np.ndarray:
     return pixels.astype(np.uint8)
 
 
+def csv_first_line(path: Path, height: int, width: int, channels: int) -> str:
+    """The first line of a CSV, read alone: a line with the wrong number of columns is refused before
+    pandas reads the body (a million-column file took 50 s and 2.4 GB to be refused after parsing it).
+
+    At most MAX_CSV_BYTES_PER_COLUMN bytes per expected column are read, so a first line of any
+    length costs no more than that.
+    """
+    expected_columns = 1 + height * width * channels
+    limit = MAX_CSV_BYTES_PER_COLUMN * expected_columns
+    try:
+        with path.open("rb") as handle:
+            line = handle.readline(limit + 1)
+    except PermissionError:
+        raise  # read_source names the path and the fix
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error})") from None
+    complete = line.endswith(b"\n") or len(line) <= limit
+    text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+    columns = text.count(",") + 1
+    if text and (columns > expected_columns or (complete and columns != expected_columns)):
+        found = f"{columns}" if complete else f"more than {columns - 1}"
+        raise DataError(
+            f"{path}: {found} columns, expected {expected_columns} (a label and {height}x{width}x{channels} "
+            "pixels, from data.image_height/image_width/channels); refused on line 1, before reading the rest"
+        )
+    return text
+
+
 def read_csv(path: str | Path, height: int, width: int, channels: int,
              class_names: list[str] | None) -> RawDataset:
     """`label, pixel0, ..., pixelN` rows (Kaggle digit-recognizer layout), header optional."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data.path {path} is not a CSV file")
-    first_line = path.read_text(errors="replace").split("\n", 1)[0]
+    first_line = csv_first_line(path, height, width, channels)
     first_field = first_line.split(",", 1)[0].strip()
     has_header = not first_field.lstrip("-").isdigit()
     try:
@@ -247,20 +281,51 @@ def read_csv(path: str | Path, height: int, width: int, channels: int,
 # --------------------------------------------------------------------------- folder
 
 
-def read_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
+def _size_problem(path: Path, size: tuple[int, int], height: int, width: int) -> str | None:
+    if size == (width, height):
+        return None
+    return (f"{path}: image is {size[0]}x{size[1]} (width x height), expected {width}x{height} from "
+            "data.image_width/image_height")
+
+
+def check_image_header(path: Path, height: int, width: int) -> str | None:
+    """What is wrong with an image file judged by its header alone (not decoded), or None.
+
+    PIL reads the declared size without decoding the pixels, so a decompression bomb (a small PNG that
+    declares 30000x30000) is refused by its size before it can take memory.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with warnings.catch_warnings():
+            # A declared size above Image.MAX_IMAGE_PIXELS warns, above twice that it raises; either way
+            # it is the size check below that decides, before anything is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                size = image.size
+    except Image.DecompressionBombError as error:
+        return f"{path}: refused without decoding: {error}"
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return f"{path}: not a readable PNG/JPEG image ({error})"
+    return _size_problem(path, size, height, width)
+
+
+def read_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
+    """One image as uint8 (H, W, C); its header is checked (size) before its pixels are decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    problem = check_image_header(path, height, width)
+    if problem:
+        raise DataError(problem)
     try:
         with Image.open(path) as image:
             image.load()
             converted = image.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: not a readable PNG/JPEG image ({error})") from None
-    if converted.size != (width, height):
-        raise DataError(
-            f"{path}: image is {converted.size[0]}x{converted.size[1]} (width x height), expected "
-            f"{width}x{height} from data.image_width/image_height"
-        )
+    problem = _size_problem(path, converted.size, height, width)
+    if problem:
+        raise DataError(problem)
     array = np.asarray(converted, dtype=np.uint8)
     return array.reshape(height, width, channels)
 
@@ -317,7 +382,33 @@ def read_folder(root: str | Path, height: int, width: int, channels: int,
 
 
 def read_source(config: DataConfig, path: Path | None) -> RawDataset:
-    """Read the source that `data.source` selects from `path` (the idx, csv and folder sources)."""
+    """Read the source that `data.source` selects from `path` (the idx, csv and folder sources).
+
+    A file or folder this process may not read fails as a DataError naming it (a single unreadable
+    image is reported with the other unusable files of a folder source).
+    """
+    try:
+        return _read_source(config, path)
+    except PermissionError as error:
+        where = unreadable_part(Path(error.filename)) if error.filename else config.path
+        raise DataError(f"{where}: permission denied; the user running the pipeline must be able to read it "
+                        f"(e.g. chmod -R a+rX {where})") from None
+
+
+def unreadable_part(path: Path) -> Path:
+    """The outermost of `path` and its parents that this process may not read (or enter, for a folder);
+    a PermissionError names the file it was opening, not the folder that refused it."""
+    for candidate in reversed([path, *path.parents]):
+        try:
+            is_dir = candidate.is_dir()
+        except OSError:
+            return candidate.parent
+        if not os.access(candidate, os.R_OK | (os.X_OK if is_dir else 0)):
+            return candidate
+    return path
+
+
+def _read_source(config: DataConfig, path: Path | None) -> RawDataset:
     shape = (config.image_height, config.image_width, config.channels)
     if config.source == "bundled":
         return read_bundled()

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import logging
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from pipeline.config import Variant
     from pipeline.model_files import TrainedModel
 
+T = TypeVar("T")
 HEALTH_TIMEOUT_SECONDS = 5.0
 # Keep a dead server from stalling a run in MLflow's own retry loop (default: 7 retries, 120 s).
 CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
@@ -35,7 +40,7 @@ CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_
 
 def tracking_uri(root: str | Path = ".") -> str:
     """The tracking URI in force: the environment's, or the project's SQLite file."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Layout(Path(root).resolve()).mlflow_db}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
 
 
 def check_server(uri: str) -> None:
@@ -73,6 +78,50 @@ def outage_reported(root: str | Path, doing: str) -> Iterator[None]:
         raise
 
 
+def _reason(error: BaseException) -> str:
+    """The store's own reason, one line: the database driver's message when there is one (SQLAlchemy's
+    and MLflow's wrappers add the whole SQL statement and its parameters)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        original = getattr(seen, "orig", None)
+        if original is not None:
+            return " ".join(str(original).split())
+        seen = seen.__cause__ or seen.__context__
+    lines = str(getattr(error, "message", error)).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def store_call(doing: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorate a call that writes to the tracking store: a store that refuses it (read-only, locked,
+    a full disk, a server error) raises one TrackingError naming the store, instead of MLflow's and
+    SQLAlchemy's tracebacks. What the caller records about the change must come after the call."""
+    def decorate(function: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            from mlflow.exceptions import MlflowException
+            from sqlalchemy.exc import SQLAlchemyError
+
+            # MLflow's SQL store logs the whole SQLAlchemy traceback before it raises; the error below says it.
+            store_log = logging.getLogger("mlflow.store.db.utils")
+            level = store_log.level
+            store_log.setLevel(logging.CRITICAL)
+            try:
+                return function(*args, **kwargs)
+            except (MlflowException, SQLAlchemyError) as error:
+                import mlflow
+
+                uri = mlflow.get_tracking_uri()
+                check_server(uri)  # a server that went away is said as such
+                raise TrackingError(
+                    f"the MLflow store {uri} refused {doing} ({_reason(error)}); nothing was recorded. Make "
+                    "the store writable for this user (a SQLite file and its folder), or set "
+                    "MLFLOW_TRACKING_URI to a store you may write to, and rerun the stage") from error
+            finally:
+                store_log.setLevel(level)
+        return wrapper
+    return decorate
+
+
 def _use(uri: str) -> None:
     """Point this process's MLflow client at `uri` without exporting it.
 
@@ -102,8 +151,39 @@ def setup(root: str | Path, experiment_name: str) -> str:
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
         location = None if uri.startswith("http") else Layout(Path(root).resolve()).mlruns_dir.as_uri()
-        return mlflow.create_experiment(experiment_name, artifact_location=location)
+        return store_call("creating the experiment")(mlflow.create_experiment)(
+            experiment_name, artifact_location=location)
+    if uri == default_tracking_uri(root):
+        check_artifacts_inside(root, experiment_name, experiment.artifact_location)
     return experiment.experiment_id
+
+
+def default_tracking_uri(root: str | Path) -> str:
+    """The project's own store: `mlflow.db` in the project, artifacts in its `mlruns/`."""
+    return f"sqlite:///{Layout(Path(root).resolve()).mlflow_db}"
+
+
+def check_artifacts_inside(root: str | Path, experiment_name: str, artifact_location: str) -> None:
+    """The project's own store must keep its artifacts in this project.
+
+    `mlflow.db` records absolute artifact locations: in a copied or moved project it still names the
+    original's `mlruns/`, and every run logged from the copy would write its artifacts there.
+    """
+    from urllib.parse import unquote, urlparse
+
+    layout = Layout(Path(root).resolve())
+    parsed = urlparse(artifact_location)
+    if parsed.scheme not in ("", "file"):
+        return  # an object store or server: not tied to the project's folder
+    location = Path(unquote(parsed.path)).resolve()
+    if location == layout.mlruns_dir or layout.root in location.parents:
+        return
+    raise TrackingError(
+        f"the MLflow store {layout.mlflow_db} keeps the artifacts of experiment {experiment_name!r} in "
+        f"{location}, outside this project {layout.root}: it was copied or moved from another project, and "
+        f"runs logged here would write into that one. Start a store of this project's own (move "
+        f"{layout.mlflow_db.name} and {layout.mlruns_dir.name}/ aside, then rerun), or track into the "
+        f"original on purpose: MLFLOW_TRACKING_URI=sqlite:///{location.parent / 'mlflow.db'}")
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -164,7 +244,8 @@ def _log_datasets(datasets: list[DatasetRecord]) -> None:
 
 def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel,
                      files: list[Path], example: np.ndarray, tags: dict[str, str],
-                     ghost_run_file: Path, datasets: list[DatasetRecord] | None = None) -> dict[str, str]:
+                     ghost_run_file: Path, datasets: list[DatasetRecord] | None = None,
+                     model_file: Path | None = None) -> dict[str, str]:
     """Log a finished training as one MLflow run: the resolved params, per-epoch metrics, the fit's
     seconds, config and summary artifacts, and the model. A run left RUNNING by a killed attempt (its
     id in `ghost_run_file`) is marked FAILED first.
@@ -205,36 +286,61 @@ def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel
         mlflow.log_text(trained.summary, "model_summary.txt")
         for path in files:
             mlflow.log_artifact(str(path))
-        model_uri = log_keras_model(trained.model, example)
+        model_uri = log_keras_model(trained.model, example, model_file=model_file)
         mlflow.set_tag("model_uri", model_uri)
     return {"run_id": run_id, "model_uri": model_uri}
 
 
-def log_keras_model(model: Any, example: np.ndarray, name: str = "model") -> str:
-    """Log a Keras model with its signature (input and output shapes); return its `models:/` URI.
+def log_keras_model(model: Any, example: np.ndarray, name: str = "model", model_file: Path | None = None) -> str:
+    """Log a Keras model as a served pyfunc (`pipeline.serving.KerasClassifier` over its `.keras` file),
+    with its signature and the file's sha256; return its `models:/` URI.
 
-    No `input_example`: with one, MLflow reloads the saved model and predicts to validate the
-    example as a serving request, which made tracking cost about 9 % of a small variant's training
-    time (benchmarks/, tracking section). The signature is inferred from one direct forward pass.
+    Args:
+        model: the keras.Model (its signature is inferred from one direct forward pass of `example`).
+        example: a few input images.
+        name: the logged model's name in the run.
+        model_file: the model's `.keras` file, logged byte for byte (the register stage's sha256 and the
+            DVC output then name the same file); default: `model` saved canonically.
+
+    No `input_example`: with one, MLflow reloads the saved model and predicts to validate the example
+    as a serving request, which made tracking cost about 9 % of a small variant's training time.
     """
     import keras
     import mlflow
-    import mlflow.tensorflow
     import tensorflow as tf
     from mlflow.models import infer_signature
 
+    from pipeline.lineage import file_sha256
+    from pipeline.model_files import save_model
+
     signature = infer_signature(example, np.asarray(model(example, training=False)))
-    # mlflow.keras.log_model (3.17) fails to write the input example; the tensorflow flavor saves the
-    # same Keras 3 model (as .keras) and serves it through pyfunc.
-    info = mlflow.tensorflow.log_model(
-        model, name=name, signature=signature,
-        # Stated, not inferred: inference re-imports the model in a subprocess (slow, offline-unsafe).
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                          f"mlflow=={mlflow.__version__}"],
-    )
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        # MLflow's advice, printed by every training stage otherwise, does not apply: the signature is given
+        # (no type hints or input example needed) and the pickled object is this project's class. Its
+        # advice to type-hint `predict` is shown past any filter (MLflow sets its own), hence no display
+        # at all while the model is logged (catch_warnings restores it).
+        warnings.showwarning = lambda *args, **kwargs: None
+        pyfunc_log.setLevel(logging.ERROR)
+        try:
+            from pipeline.serving import MODEL_ARTIFACT, KerasClassifier  # MLflow warns when the class is made
+
+            if model_file is None:
+                model_file = save_model(model, Path(scratch) / "model.keras")
+            info = mlflow.pyfunc.log_model(
+                name=name, python_model=KerasClassifier(), artifacts={MODEL_ARTIFACT: str(model_file)},
+                model_config={"model_sha256": file_sha256(model_file)}, signature=signature,
+                # Stated, not inferred: inference re-imports the model in a subprocess (slow, offline-unsafe).
+                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+                                  f"mlflow=={mlflow.__version__}"],
+            )
+        finally:
+            pyfunc_log.setLevel(level)
     return info.model_uri
 
 
+@store_call("logging the evaluation to a run")
 def log_evaluation(run_id: str, metrics: dict[str, float], files: list[Path], artifact_dir: str) -> None:
     """Add test metrics and pictures to an existing run (the variant's training run)."""
     import mlflow
@@ -254,6 +360,7 @@ def find_runs(experiment_name: str, filter_string: str = "") -> list[Any]:
                               output_format="list")
 
 
+@store_call("marking a run failed")
 def mark_failed(run_id: str) -> None:
     """Mark a run left RUNNING by a killed process as FAILED."""
     import mlflow
@@ -270,6 +377,7 @@ def run_status(run_id: str) -> str:
 # --------------------------------------------------------------------------- model registry
 
 
+@store_call("registering a model version")
 def register_version(model_uri: str, name: str, tags: dict[str, str]) -> str:
     """Register a logged model as a new version of `name`; return the version number."""
     import mlflow
@@ -278,6 +386,7 @@ def register_version(model_uri: str, name: str, tags: dict[str, str]) -> str:
     return str(version.version)
 
 
+@store_call("moving a model alias")
 def set_alias(name: str, alias: str, version: str) -> None:
     import mlflow
 
@@ -303,18 +412,21 @@ def version_tags(name: str, version: str) -> dict[str, str]:
     return dict(mlflow.MlflowClient().get_model_version(name, version).tags)
 
 
+@store_call("tagging a model version")
 def set_version_tag(name: str, version: str, key: str, value: str) -> None:
     import mlflow
 
     mlflow.MlflowClient().set_model_version_tag(name, version, key, value)
 
 
+@store_call("describing a model version")
 def describe_version(name: str, version: str, description: str) -> None:
     import mlflow
 
     mlflow.MlflowClient().update_model_version(name, version, description=description)
 
 
+@store_call("adding a file to a run")
 def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
     import mlflow
 
@@ -327,6 +439,7 @@ def run_tags(run_id: str) -> dict[str, str]:
     return dict(mlflow.MlflowClient().get_run(run_id).data.tags)
 
 
+@store_call("tagging a run")
 def log_run_tags(run_id: str, tags: dict[str, str]) -> None:
     import mlflow
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checkpoint import WorkDir, check_backup
+from pipeline.checkpoint import WorkDir, backup_bytes, check_backup
 from pipeline.config import PipelineConfig, TrainConfig, Variant
 from pipeline.dataset import PreparedData, load_prepared
 from pipeline.io import atomic_directory, read_json, write_json
@@ -125,6 +125,10 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
                           epochs=range(resume_epoch, settings.epochs))
     val_data = _dataset(data.x_val, data.y_val, settings, data.num_classes, variant.seed)
     callbacks = [
+        # Listed before BackupAndRestore, so called before it writes the epoch's backup (the optimizer's
+        # variables, part of the backup, exist from the first step on).
+        keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: work.check_space(backup_bytes(model), epoch + 1)),
         keras.callbacks.BackupAndRestore(str(work.backup), delete_checkpoint=True),
         # Listed after BackupAndRestore, so called after it: the backup it vouches for is complete.
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: work.record_backup(epoch + 1),
@@ -264,7 +268,8 @@ def run_train(config: PipelineConfig, name: str, root: Path, track: bool = True,
         with tracking.outage_reported(root, kept):
             run.update(tracking.log_training_run(
                 experiment_id, variant, trained, files=[layout.history_file(name), layout.training_file(name)],
-                example=example, tags=tags, ghost_run_file=work.run_id_file, datasets=datasets))
+                example=example, tags=tags, ghost_run_file=work.run_id_file, datasets=datasets,
+                model_file=layout.model_file(name)))
     write_json(layout.run_record(name), run)
     work.close()
     return {**trained.training, **run}

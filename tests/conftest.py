@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # What a project copy needs: the code, the pipeline definition and the DVC config (not data/models).
 PROJECT_FILES = ["pipeline", "flows", "dvc.yaml", "params.yaml", ".gitignore", "pyproject.toml",
-                 "data/source/README.md", ".dvc/config", ".dvc/.gitignore", "prefect.yaml"]
+                 "data/source/README.md", ".dvc/config", ".dvc/.gitignore", "prefect.yaml", "plots/template.html",
+                 "plots/package.json", "plots/package-lock.json"]
 
 # Few hundred images, one epoch, two small variants: seconds per stage on two CPU cores.
 TINY_OVERRIDES = {

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -119,3 +120,35 @@ def tree_md5(root: Path) -> dict[str, str]:
         if path.is_file():
             digests[str(path.relative_to(root))] = hashlib.md5(path.read_bytes()).hexdigest()
     return digests
+
+
+# Linux capabilities that let root read, enter and write what file permissions forbid.
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+PR_CAPBSET_DROP = 24
+
+
+def as_unprivileged_user() -> dict:
+    """subprocess.run keyword arguments that make file permissions apply to the child for real: root
+    reads a chmod 000 file, so a child of root gives up (from its capability bounding set, before it
+    execs) the two capabilities that override them; it stays root otherwise, so the interpreter and
+    the venv remain reachable. Not root: permissions apply already, nothing to drop."""
+    if os.geteuid() != 0:
+        return {}
+
+    def drop() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+    return {"preexec_fn": drop}
+
+
+def world_readable_dir(prefix: str) -> Path:
+    """A new directory every user may enter and read, so an unprivileged child can reach the files in it
+    (pytest's own temporary directories are private to their owner)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -802,6 +803,13 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
                       "exactly one of the input fields"),
     "not-json": ({"data": "pixels please", "headers": {"Content-Type": "text/plain"}}, 415,
                  "only supports the following content types"),
+    # Issue 17 #13: 0-255 pixels were taken as 0-1 and answered with probability 1.0.
+    "pixels-0-255": ({"json": {"instances": np.full((1, 28, 28, 1), 255.0).tolist()}}, 400,
+                     "floats in [0, 1]; got values from 255 to 255. Pixels of 0-255 must be divided by 255"),
+    "pixels-0-255-as-integers": ({"json": {"instances": np.full((1, 28, 28, 1), 200).tolist()}}, 400,
+                                 "floats in [0, 1]"),
+    "negative-pixels": ({"json": {"instances": np.full((1, 28, 28, 1), -0.5).tolist()}}, 400,
+                        "got values from -0.5 to -0.5"),
 }
 
 
@@ -826,3 +834,44 @@ def test_served_model_rejects_bad_input_and_keeps_serving(champion: Champion, ca
     assert valid.status_code == 200, valid.text
     probabilities = np.asarray(valid.json()["predictions"])
     assert probabilities.shape == (4, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+
+
+def _mixed_folder(folder: Path) -> Path:
+    """Three good digits, one of the wrong size, one decompression bomb, one text file saved as PNG."""
+    from tests.unit.test_sources import decompression_bomb
+
+    _with_short_image(folder)
+    decompression_bomb(folder / "bomb.png")
+    (folder / "notes.png").write_text("hello")
+    return folder
+
+
+@pytest.mark.slow
+def test_predict_reports_every_bad_file_before_the_model_is_fetched(champion: Champion, tmp_path: Path) -> None:
+    """Issue 17 #12: one wrong-size image aborted the batch after downloading the model and starting
+    TensorFlow, naming only itself. Now every file is checked first and all the bad ones are named;
+    the tracking store is unreachable here, so reaching the model would fail differently."""
+    folder = _mixed_folder(tmp_path / "mixed")
+    environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                   "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"}
+    result = subprocess.run(["python", "-m", "pipeline", "predict", str(folder)], cwd=champion.project,
+                            env=environment, capture_output=True, text=True, timeout=300, check=False)
+    _assert_clean_failure(result, "3 of 6 file(s)", "pass --skip-bad to classify the others")
+    for name, says in (("short.png", "expected 28x28"), ("bomb.png", "900000000 pixels"),
+                       ("notes.png", "not a readable PNG/JPEG image")):
+        assert f"{name}: " in result.stderr and says in result.stderr, (name, result.stderr)
+    assert "unreachable" not in result.stderr
+
+
+@pytest.mark.slow
+def test_predict_skip_bad_classifies_the_rest_and_names_the_model(champion: Champion, tmp_path: Path) -> None:
+    """Issue 17 #12: with --skip-bad the good images are classified, the bad ones listed on stderr, and
+    the version that answered is named."""
+    folder = _mixed_folder(tmp_path / "mixed")
+    result = run(["python", "-m", "pipeline", "predict", str(folder), "--skip-bad"], champion.project)
+    rows = [line.split() for line in result.stdout.strip().splitlines()]
+    assert rows[0] == ["file", "class", "probability"]
+    assert [row[0] for row in rows[1:]] == [f"digit_{index}.png" for index in range(3)]
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped: ")]
+    assert len(skipped) == 3 and any("bomb.png" in line for line in skipped), result.stderr
+    assert re.search(r"^model: mnist-cnn v\d+ \(models:/mnist-cnn@champion\)$", result.stderr, re.MULTILINE)

@@ -7,9 +7,13 @@ One project on 2,000 images (1,440 training images, 4 epochs of three_conv). A r
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +193,62 @@ def test_truncated_backup_restarts_from_epoch_zero_and_says_so(killed: dict, ref
     assert "unusable" in info["resume_note"] and "latest.weights.h5" in info["resume_note"]
     trained = load_trained(project / "models" / VARIANT)
     assert weights_digest(trained.model) == reference["weights"]
+
+
+@contextlib.contextmanager
+def small_disk(mount_point: Path, size: str = "32m") -> Iterator[Path]:
+    """A real tmpfs of `size` mounted on `mount_point` (a disk that can fill), unmounted afterwards.
+    Needs root (or CAP_SYS_ADMIN), as the tests and CI run here."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True, check=False)
+    assert mounted.returncode == 0, f"this test mounts a small tmpfs (root needed): {mounted.stderr}"
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A file that leaves `leave` bytes free on `disk`."""
+    filler = disk / "filler"
+    with open(filler, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, shutil.disk_usage(disk).free - leave)
+    return filler
+
+
+def test_full_disk_before_an_epoch_backup_fails_in_one_line_and_the_rerun_resumes(
+        killed: dict, reference: dict, tmp_path: Path) -> None:
+    """Issue 17 #11. Fault: the disk holding `.cache/` (a real 32 MB tmpfs) fills up after the first
+    epoch's backup, while `python -m pipeline train` runs. Before: h5py errors inside Keras' backup
+    write and a segfault (exit 139). Expected: before writing an epoch's backup the stage checks the
+    free space and fails in one line with the bytes needed and free, exit 2; the last complete
+    backup stays valid, and once space is freed the rerun resumes from it and ends with exactly the
+    uninterrupted run's history.
+    """
+    project = copy_of(killed, tmp_path / "project")
+    shutil.rmtree(project / ".cache")
+    work = project / ".cache" / "train" / VARIANT
+    with small_disk(project / ".cache") as disk:
+        log = tmp_path / "train.log"
+        process = start(TRAIN, project, log)
+        try:
+            wait_for(lambda: (work / BACKUP_MANIFEST).is_file(), 300, "the first epoch's backup", alive=process,
+                     log=log)
+            filler = _fill(disk, leave=100_000)
+            process.wait(timeout=300)
+        finally:
+            kill_group(process)
+        output = log.read_text(errors="replace")
+        assert process.returncode == 2, output
+        assert "Traceback" not in output and "Segmentation" not in output, output
+        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "bytes" in errors[0] and str(BACKUP) in errors[0], output
+        assert "needs" in errors[0] and "free" in errors[0], errors[0]
+        epoch, reason = check_backup(WorkDir(work, "test"), EPOCHS)
+        assert reason is None and 1 <= epoch < EPOCHS, (epoch, reason)
+        filler.unlink()
+        rerun = run(TRAIN, project, timeout=600)
+    resumed = rerun.stdout + rerun.stderr
+    assert f"resuming from the backup in {BACKUP} after epoch {epoch}" in resumed, resumed
+    assert load_trained(project / "models" / VARIANT).history == reference["history"]

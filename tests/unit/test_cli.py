@@ -72,3 +72,16 @@ def test_outside_the_project_environment_the_fix_is_named(tmp_path: Path) -> Non
     assert "dependencies are not installed" in result.stderr
     assert "source " in result.stderr and ".venv/bin/activate" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_duplicate_params_key_fails_the_stage_in_one_line(tmp_path: Path) -> None:
+    """Issue 17 #5 through the command DVC runs: exit 2 and one line naming both lines, before any work."""
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("seed: 42\n", "seed: 42\nseed: 7\n", 1))
+    result = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--params", str(params), "--root",
+                             str(tmp_path)], capture_output=True, text=True, cwd=REPO, check=False)
+    first = params.read_text().splitlines().index("seed: 42") + 1
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {params} is not valid YAML: duplicate key 'seed': first on line {first}, again on line {first + 1}"]
+    assert not (tmp_path / "data").exists()

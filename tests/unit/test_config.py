@@ -120,3 +120,23 @@ def test_config_is_frozen() -> None:
     config = load_params(REPO / "params.yaml")
     with pytest.raises(ValueError):
         config.seed = 1  # type: ignore[misc]
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path) -> None:
+    """Issue 17 #5: DVC refuses `seed: 42` then `seed: 7`; PyYAML would silently take 7."""
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text() + "\nseed: 7\n")
+    first = 1 + next(number for number, line in enumerate((REPO / "params.yaml").read_text().splitlines())
+                     if line.startswith("seed:"))
+    last = len(path.read_text().splitlines())
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    assert str(caught.value) == (f"{path} is not valid YAML: duplicate key 'seed': first on line {first}, "
+                                 f"again on line {last}")
+
+
+def test_a_nested_duplicate_is_refused_too(tmp_path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: 3\n  batch_size: 8\n  epochs: 4\n")
+    with pytest.raises(ParamsError, match="duplicate key 'epochs': first on line 2, again on line 4"):
+        load_params(path)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import struct
 import time
+import tracemalloc
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from pipeline.ingest import ingest
 from pipeline.sources import (
     DataError,
     RawDataset,
+    check_image_header,
     read_bundled,
     read_csv,
     read_folder,
@@ -161,7 +165,65 @@ def test_label_out_of_range_for_declared_classes(tmp_path: Path) -> None:
         validate_dataset(dataset)
 
 
+def test_csv_with_a_million_columns_is_refused_from_its_first_line(tmp_path: Path) -> None:
+    """Issue 17 #9: the column count is judged on the first line, before pandas reads the body. Before,
+    the same message came after parsing the whole file (50 s and 2.4 GB for the reported file); here
+    the memory the check allocates is bounded (tracemalloc sees numpy's and pandas' buffers too)."""
+    path = tmp_path / "wide.csv"
+    row = ",".join(["0"] * 1_000_000)
+    path.write_text("\n".join([row] * 4) + "\n")  # 8 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as caught:
+            read_csv(path, 28, 28, 1, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "wide.csv: more than" in str(caught.value) and "expected 785" in str(caught.value)
+    assert peak < 1_000_000, f"read {peak:,} bytes of a file refused by its first line"
+
+
+def test_csv_first_line_with_too_few_columns_names_the_count(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "digits.csv", pixels=10)
+    with pytest.raises(DataError, match=r"11 columns, expected 785 .*refused on line 1"):
+        read_csv(path, 28, 28, 1, None)
+
+
 # --------------------------------------------------------------------------- folder
+
+
+def decompression_bomb(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A PNG that declares width x height grey pixels. Only its header matters to the check (nothing
+    is decoded), so it holds the compressed bytes of its first rows only: 2 KB instead of the
+    875 KB of zeros the reported file had; PIL refuses both alike on opening."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (width + 1) * 64, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_in_a_folder_is_refused_by_its_declared_size(tmp_path: Path) -> None:
+    """Issue 17 #8: before, PIL's DecompressionBombError escaped as a traceback (exit 1)."""
+    root = make_folder(tmp_path / "pets")
+    decompression_bomb(root / "cat" / "bomb.png")
+    with pytest.raises(DataError) as caught:
+        read_folder(root, 28, 28, 1, None)
+    assert "bomb.png" in str(caught.value) and "900000000 pixels" in str(caught.value)
+
+
+def test_image_declaring_a_large_size_is_refused_before_decoding(tmp_path: Path) -> None:
+    """Above Image.MAX_IMAGE_PIXELS but below twice that, PIL only warns: the size check refuses it
+    without decoding (and without the warning)."""
+    path = decompression_bomb(tmp_path / "large.png", width=10_000, height=10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        problem = check_image_header(path, 28, 28)
+    assert problem is not None and "large.png: image is 10000x10000 (width x height), expected 28x28" in problem
+
+
 
 
 def make_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 4,
