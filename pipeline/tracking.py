@@ -201,6 +201,15 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def _create_run(client: Any, experiment_id: str, run_name: str, tags: dict[str, str],
+                start_ms: int | None = None) -> Any:
+    """`MlflowClient.create_run` with the tags `mlflow.start_run` would add (user: the tracking server's
+    login or the OS user; source; git commit), which the plain client call leaves out ("unknown" user)."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return client.create_run(experiment_id, start_time=start_ms, tags=resolve_tags(tags), run_name=run_name)
+
+
 @contextlib.contextmanager
 def training_run(experiment_id: str, run_name: str, tags: dict[str, str], start_ms: int | None = None,
                  end_ms: int | None = None) -> Iterator[str]:
@@ -209,7 +218,7 @@ def training_run(experiment_id: str, run_name: str, tags: dict[str, str], start_
     import mlflow
 
     client = mlflow.MlflowClient()
-    created = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=run_name)
+    created = _create_run(client, experiment_id, run_name, tags, start_ms=start_ms)
     with mlflow.start_run(run_id=created.info.run_id) as run:
         yield run.info.run_id
     if end_ms is not None:

@@ -26,12 +26,17 @@ TINY_OVERRIDES = {
     "register": {"min_test_accuracy": 0.3},
 }
 TINY_VARIANTS = ("three_conv", "relu_layers")
+MAKE_VARIABLES = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
 
 
 def run(command: list[str], cwd: Path, check: bool = True, timeout: float = 900,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command with the venv's tools first on PATH; show its output when it fails."""
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    """Run a command with the venv's tools first on PATH; show its output when it fails.
+
+    As from a user's shell: not inside `make test`'s make (MAKELEVEL would make a nested `make` print
+    "Entering directory" lines a user never sees)."""
+    inherited = {key: value for key, value in os.environ.items() if key not in MAKE_VARIABLES}
+    full_env = {**inherited, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                 "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and result.returncode != 0:

@@ -38,7 +38,7 @@ FLOW_NAME = "train-cnn-variants"
 # The S3 remote of .dvc/config that the compose stack's MinIO serves.
 DVC_REMOTE = "stack"
 # Task runs of one flow run over TINY_VARIANTS: the per-variant fan-out plus the shared stages.
-EXPECTED_TASKS = {"ingest", "prepare", "compare", "register"} | {
+EXPECTED_TASKS = {"refresh-data", "ingest", "prepare", "compare", "register"} | {
     f"{stage}-{variant}" for stage in ("train", "evaluate") for variant in TINY_VARIANTS
 }
 

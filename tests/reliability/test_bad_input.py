@@ -407,9 +407,12 @@ def _set_cell(row: int, column: int, value: str) -> Callable[[list[list[str]]], 
     return edit
 
 
-IDX = {"source": "idx", "path": "bad/idx"}
-CSV = {"source": "csv", "path": "bad/digits.csv"}
-FOLDER = {"source": "folder", "path": "bad/pets"}
+# The bad data lives in the project, under data/source/ (where ingest reads it directly: in-project data
+# is versioned with `dvc add`, no import step between the files and the stage).
+BAD_DIR = "data/source"
+IDX = {"source": "idx", "path": f"{BAD_DIR}/idx"}
+CSV = {"source": "csv", "path": f"{BAD_DIR}/digits.csv"}
+FOLDER = {"source": "folder", "path": f"{BAD_DIR}/pets"}
 
 
 def idx_truncated(bad: Path) -> dict:
@@ -465,7 +468,7 @@ def folder_with(extra: Callable[[Path], Any]) -> Callable[[Path], dict]:
     return build
 
 
-# case -> (builds the bad data under bad/ and returns the `data` block, what the error names, what it says)
+# case -> (builds the bad data under BAD_DIR and returns the `data` block, what the error names, what it says)
 CORRUPTIONS: dict[str, tuple[Callable[[Path], dict], str, str]] = {
     "idx-truncated": (idx_truncated, "idx/train-images-idx3-ubyte", "truncated"),
     "idx-wrong-magic": (idx_wrong_magic, "idx/t10k-images-idx3-ubyte",
@@ -605,8 +608,8 @@ def stage_runs(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     jobs: dict[str, tuple[str, Path]] = {}
     for case, (build, _, _) in CORRUPTIONS.items():
         project = _copy_project(ingested, root / case)
-        (project / "bad").mkdir()
-        _point_params_at(project, build(project / "bad"))
+        (project / BAD_DIR).mkdir(parents=True, exist_ok=True)
+        _point_params_at(project, build(project / BAD_DIR))
         jobs[case] = ("ingest", project)
     for case, (damage, _, _) in RAW_CORRUPTIONS.items():
         project = _copy_project(ingested, root / f"raw-{case}")
@@ -614,8 +617,8 @@ def stage_runs(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         jobs[f"raw-{case}"] = ("prepare", project)
     # A first ingest that fails: no data/raw may appear at all. Run cold, as DVC runs a stage.
     fresh = make_project(root / "first-ingest", tiny_params(TINY_VARIANT))
-    (fresh / "bad").mkdir()
-    _truncate(idx_dir(fresh / "bad" / "idx") / "t10k-labels-idx1-ubyte", 1)
+    (fresh / BAD_DIR).mkdir(parents=True, exist_ok=True)
+    _truncate(idx_dir(fresh / BAD_DIR / "idx") / "t10k-labels-idx1-ubyte", 1)
     _point_params_at(fresh, IDX)
 
     before = {case: {name: tree(project / name) for name in OUTPUTS} for case, (_, project) in jobs.items()}

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from tests.conftest import BIN, make_project, tiny_params
 from tests.reliability.faults import as_unprivileged_user, tool_env, world_readable_dir
-from tests.reliability.test_bad_input import _assert_clean_failure
+from tests.reliability.test_bad_input import _assert_clean_failure, image_folder
 from tests.unit.test_sources import decompression_bomb
 
 
@@ -41,15 +40,6 @@ def _project(shared: Path, name: str, data: dict) -> Path:
     return project
 
 
-def _digits(folder: Path, per_class: int = 6) -> Path:
-    rng = np.random.default_rng(5)
-    for name in ("cat", "dog"):
-        (folder / name).mkdir(parents=True)
-        for index in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / name / f"{index}.png")
-    return folder
-
-
 def _csv(path: Path, rows: int = 20) -> Path:
     rng = np.random.default_rng(6)
     path.write_text("".join(",".join(map(str, [row % 2, *rng.integers(0, 256, 784)])) + "\n" for row in range(rows)))
@@ -66,16 +56,19 @@ def _ingest(project: Path, unprivileged: bool = False) -> subprocess.CompletedPr
                           **(as_unprivileged_user() if unprivileged else {}))
 
 
+# The data lives in the project under data/source/, where ingest reads it directly (versioned with `dvc add`).
+SRC = "data/source"
+
 # case -> (data block, what to make unreadable (relative to the project), what the error names)
 UNREADABLE: dict[str, tuple[dict, Callable[[Path], Path], str]] = {
-    "data-directory": ({"source": "folder", "path": "pets"},
-                       lambda project: _digits(project / "pets"), "pets"),
-    "class-folder": ({"source": "folder", "path": "pets"},
-                     lambda project: _digits(project / "pets") / "dog", "pets/dog"),
-    "csv-file": ({"source": "csv", "path": "digits.csv", "class_names": ["0", "1"]},
-                 lambda project: _csv(project / "digits.csv"), "digits.csv"),
-    "idx-directory": ({"source": "idx", "path": "idx"},
-                      lambda project: (project / "idx").mkdir() or project / "idx", "idx"),
+    "data-directory": ({"source": "folder", "path": f"{SRC}/pets"},
+                       lambda project: image_folder(project / SRC / "pets"), "pets"),
+    "class-folder": ({"source": "folder", "path": f"{SRC}/pets"},
+                     lambda project: image_folder(project / SRC / "pets") / "dog", "pets/dog"),
+    "csv-file": ({"source": "csv", "path": f"{SRC}/digits.csv", "class_names": ["0", "1"]},
+                 lambda project: _csv(project / SRC / "digits.csv"), "digits.csv"),
+    "idx-directory": ({"source": "idx", "path": f"{SRC}/idx"},
+                      lambda project: (project / SRC / "idx").mkdir() or project / SRC / "idx", "idx"),
 }
 
 
@@ -98,8 +91,8 @@ def test_unreadable_input_is_named_in_one_line(shared: Path, case: str) -> None:
 
 def test_decompression_bomb_in_the_data_folder_fails_in_one_line(shared: Path) -> None:
     """Issue 17 #8: before, `DecompressionBombError` escaped as a traceback, exit 1."""
-    project = _project(shared, "bomb", {"source": "folder", "path": "pets"})
-    decompression_bomb(_digits(project / "pets") / "cat" / "bomb.png")
+    project = _project(shared, "bomb", {"source": "folder", "path": f"{SRC}/pets"})
+    decompression_bomb(image_folder(project / SRC / "pets") / "cat" / "bomb.png")
     result = _ingest(project)
     _assert_clean_failure(result, "pets/cat/bomb.png", "900000000 pixels")
     assert not (project / "data" / "raw").exists()
@@ -107,8 +100,8 @@ def test_decompression_bomb_in_the_data_folder_fails_in_one_line(shared: Path) -
 
 def test_csv_with_a_million_columns_fails_in_one_line(shared: Path) -> None:
     """Issue 17 #9, through the stage (the memory bound is tests/unit/test_sources.py's)."""
-    project = _project(shared, "wide", {"source": "csv", "path": "wide.csv", "class_names": ["0", "1"]})
-    (project / "wide.csv").write_text("\n".join([",".join(["0"] * 1_000_000)] * 3) + "\n")
+    project = _project(shared, "wide", {"source": "csv", "path": f"{SRC}/wide.csv", "class_names": ["0", "1"]})
+    (project / SRC / "wide.csv").write_text("\n".join([",".join(["0"] * 1_000_000)] * 3) + "\n")
     result = _ingest(project)
     _assert_clean_failure(result, "wide.csv", "columns, expected 785")
     assert not (project / "data" / "raw").exists()
