@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps repro exp-show plots test test-fast bench lint mlflow-ui clean demo-continuous
+.PHONY: help install system-deps repro exp-show plots tune test test-fast bench lint mlflow-ui clean demo-continuous
 .DEFAULT_GOAL := help
 
 help:  ## List the targets
@@ -35,6 +35,10 @@ $(PLOTS_JS): plots/package.json plots/package-lock.json
 
 plots: $(STAMP) $(PLOTS_JS)  ## Learning curves and confusion matrices as a page that works offline (dvc_plots/index.html)
 	$(BIN)/dvc plots show
+
+tune: $(STAMP)  ## Search a variant's settings: make tune VARIANT=three_conv [TRIALS=20] [APPLY=1]
+	@test -n "$(VARIANT)" || { echo "error: name the variant, e.g. make tune VARIANT=three_conv"; exit 2; }
+	$(BIN)/python -m pipeline tune $(VARIANT) $(if $(TRIALS),--trials $(TRIALS)) $(if $(APPLY),--apply)
 
 system-deps:  ## Debian packages the tests need (headless Chromium, npm); installs them as root
 	bash scripts/system_deps.sh

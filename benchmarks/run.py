@@ -3,6 +3,7 @@
     python -m benchmarks.run             # throughput (2 rounds x 5 variants) and 3 forced repros (~25 min)
     python -m benchmarks.run --quick     # 1 round, 1 repro on 1,000 images (~6 min)
     python -m benchmarks.run --only repro
+    python -m benchmarks.run --only tune    # trial overhead (2 rounds x 4 trials) and 2 Dask workers (~12 min)
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import repro, throughput
+from benchmarks import repro, throughput, tune
 from benchmarks.common import machine
 from benchmarks.seed_scripts import ARCHITECTURES
 
@@ -21,7 +22,7 @@ NOTES_MARKER = "<!-- notes: written by hand, kept by benchmarks/run.py -->"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="throughput,repro")
+    parser.add_argument("--only", default="throughput,repro,tune")
     arguments = parser.parse_args()
     chosen = arguments.only.split(",")
     about = machine()
@@ -35,6 +36,10 @@ def main() -> None:
     if "repro" in chosen:
         result = repro.measure(runs=1 if arguments.quick else 3, max_images=1000 if arguments.quick else None)
         sections += ["## The default `dvc repro`", "", repro.markdown(result), ""]
+    if "tune" in chosen:
+        overhead = tune.measure_overhead("three_conv", trials=4, rounds=1 if arguments.quick else 2)
+        parallel = None if arguments.quick else tune.measure_parallel("three_conv", trials=4)
+        sections += ["## Tuning: trial overhead, and two Dask workers", "", tune.markdown(overhead, parallel), ""]
     previous = RESULTS.read_text() if RESULTS.is_file() else ""
     notes = previous.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in previous else "\n"
     text = "\n".join(sections) + "\n" + NOTES_MARKER + notes

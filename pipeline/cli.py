@@ -183,6 +183,39 @@ def predict(folder: Annotated[Path, typer.Argument(help="A folder of PNG/JPEG im
     typer.echo(result.table.to_string(index=False))
 
 
+@app.command()
+@_clear_errors
+def tune(variant: Annotated[str, typer.Argument(help="A key of `models` with a `tune` block.")],
+         trials: Annotated[int | None, typer.Option(
+             help="Trials with a result (complete or pruned) the study should have; default tune.trials. "
+                  "A rerun continues the study.", show_default=False)] = None,
+         apply: Annotated[bool, typer.Option(help="Write the best trial's settings into the params file.")] = False,
+         params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
+         track: Annotated[bool, typer.Option(help="MLflow parent run per study, child run per trial.")] = True,
+         verbose: VerboseOption = False) -> None:
+    """Search a variant's settings (models.<variant>.tune) with Optuna on the validation split; write
+    reports/tune/<variant>.json and print the `dvc exp run -S ...` line that applies the best trial."""
+    from pipeline.tune import run_tune
+
+    report = run_tune(_config(params), variant, root, trials=trials, params_file=params, apply=apply,
+                      track=track, verbose=verbose)
+    for number in report["orphans"]:
+        typer.echo(f"trial {number} of the study was left running by a process that ended: marked failed")
+    counts = ", ".join(f"{count} {state}" for state, count in report["trials"].items() if count)
+    typer.echo(f"study {report['study']} ({report['storage']}): {counts or 'no trials'}")
+    best = report["best"]
+    if best is None:
+        typer.echo("no completed trial yet: rerun the command to continue the study")
+        return
+    typer.echo(f"best: trial {best['trial']}, val_accuracy {best['val_accuracy']:.4f}, {best['params']}")
+    if not best["settings"]:
+        typer.echo("the best trial uses the settings params.yaml already has")
+    elif report["applied"]:
+        typer.echo(f"applied to {params}: " + ", ".join(f"{key}={value}" for key, value in best["settings"].items()))
+    else:
+        typer.echo(f"apply with: {best['dvc_exp_run']}\n   or with: python -m pipeline tune {variant} --apply")
+
+
 def main() -> None:
     try:
         app()

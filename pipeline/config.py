@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import ParamsError
 from pipeline.layers import LAYER_TYPE_NAMES, LayerSpec, check_model_size, infer_shapes
+from pipeline.search_space import SearchSpace, TuneConfig
 
 # Variant names become DVC stage names (train@<name>), directory names and MLflow tags;
 # letters, digits and underscores are safe in all three and in `dvc exp run -S`.
@@ -123,6 +124,7 @@ class VariantConfig(_Frozen):
     description: str = ""
     layers: list[LayerSpec] = Field(min_length=1)
     train: TrainOverrides = TrainOverrides()
+    tune: SearchSpace | None = None  # what `python -m pipeline tune <variant>` may change
 
 
 class Variant(_Frozen):
@@ -185,6 +187,7 @@ class PipelineConfig(_Frozen):
     # `register` would shadow a pydantic BaseModel attribute; the YAML key stays `register`.
     registration: RegisterConfig = Field(RegisterConfig(), alias="register")
     mlflow: MlflowConfig = MlflowConfig()
+    tune: TuneConfig = TuneConfig()
 
     @field_validator("models")
     @classmethod
@@ -206,6 +209,8 @@ class PipelineConfig(_Frozen):
         for name, variant in self.models.items():
             infer_shapes(variant.layers, input_shape, where=f"models.{name}.layers")
             check_model_size(variant.layers, input_shape, num_classes, where=f"models.{name}.layers")
+            if variant.tune is not None:
+                variant.tune.check_layers(variant.layers, where=f"models.{name}.tune")
         return self
 
     def variant(self, name: str) -> Variant:

@@ -33,15 +33,19 @@ class RawDataset:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Normalised splits: x_* float32 (N, H, W, C) in [0, 1], y_* int64."""
+    """Normalised splits: x_* float32 (N, H, W, C) in [0, 1], y_* int64.
+
+    The test arrays are None when the test split was not loaded (`load_prepared(splits=...)`): tuning
+    selects on the validation split and never has the test images in memory.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
     class_names: list[str]
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -52,7 +56,10 @@ class PreparedData:
         return len(self.class_names)
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        images, labels = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        if images is None or labels is None:
+            raise DataError(f"the {name} split was not loaded (load_prepared(..., splits=...) left it out)")
+        return images, labels
 
 
 def normalise(images: np.ndarray) -> np.ndarray:
@@ -168,15 +175,27 @@ def save_prepared(prepared: PreparedData, directory: str | Path) -> None:
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_prepared(directory: str | Path, mmap: bool = False) -> PreparedData:
-    """Read the prepared splits (memory-mapped when `mmap`, for large data)."""
+def load_prepared(directory: str | Path, mmap: bool = False, splits: tuple[str, ...] = SPLITS) -> PreparedData:
+    """Read the prepared splits.
+
+    Args:
+        directory: data/prepared.
+        mmap: memory-map the arrays (large data).
+        splits: the splits to read; train and val are always needed. Tuning reads ("train", "val"): the
+            test files are not opened, and the test arrays of the result are None.
+
+    Returns:
+        The splits and class names.
+    """
+    if not {"train", "val"} <= set(splits) <= set(SPLITS):
+        raise ValueError(f"splits must include 'train' and 'val' and be among {SPLITS}, got {splits}")
     directory = Path(directory)
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
         raise MissingInputError(f"{directory} holds no prepared data; run the prepare stage first (dvc repro prepare)")
     meta = json.loads(meta_path.read_text())
     arrays = {}
-    for name in SPLITS:
+    for name in splits:
         for kind in ("x", "y"):
             path = directory / f"{kind}_{name}.npy"
             try:

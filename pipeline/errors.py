@@ -41,3 +41,7 @@ class RegistryError(PipelineError, RuntimeError):
 
 class StorageError(PipelineError, OSError):
     """A disk cannot hold what a stage must write; the message names the folder, the bytes needed and free."""
+
+
+class StudyStorageError(PipelineError, RuntimeError):
+    """The tuning study's storage cannot be used; the message names its URL, password masked."""

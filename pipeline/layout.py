@@ -14,6 +14,8 @@
     reports/runs/<variant>.json               train: this machine's last run of a variant (git-ignored)
     .cache/train/<variant>/                   train: crash-safety state while a fit runs
     mlflow.db, mlruns/                        the default MLflow store
+    reports/tune/<variant>.json               tune (not a DVC stage): a study's best trial and its -S line
+    optuna.db, .cache/tune/<study>/           tune: the default study storage (git-ignored), trials' work dirs
 
 Everything under DVC's outs is reproducible byte for byte; what differs from run to run (seconds,
 MLflow run ids, the git commit) lives in MLflow and in the git-ignored records above.
@@ -150,6 +152,18 @@ class Layout:
     @property
     def mlruns_dir(self) -> Path:
         return self.root / "mlruns"
+
+    # ------------------------------------------------------------------ tuning (not a DVC stage)
+    def tune_report(self, variant: str) -> Path:
+        return self.root / "reports" / "tune" / f"{variant}.json"
+
+    @property
+    def tune_storage(self) -> Path:
+        """The Optuna studies' SQLite file, when PIPELINE_TUNE_STORAGE names no other storage."""
+        return self.root / "optuna.db"
+
+    def trial_work_dir(self, study: str, trial: int) -> Path:
+        return self.root / ".cache" / "tune" / study / f"trial-{trial}"
 
     # ------------------------------------------------------------------ DVC
     def stage_outs(self, variants: list[str]) -> dict[str, list[Path]]:

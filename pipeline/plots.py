@@ -419,3 +419,41 @@ def class_histogram_figure(counts: dict[str, dict[str, int]], class_names: Seque
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("Images per class and split")
     return figure
+
+
+def save_study_figures(study: Any, directory: Path) -> list[Path]:
+    """Optuna's optimization history and parameter importances (its matplotlib visualisations) as PNGs.
+
+    Optuna draws them through pyplot, so each figure is closed once saved. The history needs a completed
+    trial, the importances two whose settings differ; without them a figure is left out.
+
+    Returns:
+        The written files.
+    """
+    import warnings
+
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    complete = [trial for trial in study.get_trials(deepcopy=False) if trial.state.name == "COMPLETE"]
+    drawers = {"optimization_history": optuna_plots.plot_optimization_history} if complete else {}
+    if len(complete) >= 2:
+        drawers["param_importances"] = optuna_plots.plot_param_importances
+    written = []
+    for name, draw in drawers.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                axes = draw(study, target_name="val_accuracy")
+            except (RuntimeError, ValueError):  # e.g. importances of settings that never varied
+                continue
+        figure = axes.figure
+        try:
+            figure.set_size_inches(8, 5)
+            written.append(write_with(Path(directory) / f"{name}.png",
+                                      lambda temporary, figure=figure: figure.savefig(temporary, dpi=100,
+                                                                                      bbox_inches="tight")))
+        finally:
+            plt.close(figure)
+    return written

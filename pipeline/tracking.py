@@ -383,6 +383,79 @@ def run_status(run_id: str) -> str:
     return mlflow.MlflowClient().get_run(run_id).info.status
 
 
+# --------------------------------------------------------------------------- hyperparameter studies
+
+# An Optuna trial's end state as an MLflow run status: a pruned trial was stopped early on purpose (KILLED).
+TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def start_study_run(experiment_id: str, run_id: str | None, run_name: str, params: dict[str, str],
+                    tags: dict[str, str]) -> str:
+    """The study's parent run: created with the search space as params, or reopened (RUNNING) when the
+    study continues; its tags (the tuning settings of this invocation) are set either way.
+
+    Returns:
+        The parent run's id.
+    """
+    import mlflow
+    from mlflow.entities import Param, RunTag
+
+    client = mlflow.MlflowClient()
+    if run_id is None:
+        run_id = _create_run(client, experiment_id, run_name, {}).info.run_id
+        client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
+    else:
+        client.update_run(run_id, status="RUNNING")
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    return run_id
+
+
+def log_trial_run(experiment_id: str, parent_run_id: str, trial: dict[str, Any], tags: dict[str, str]) -> str:
+    """One finished trial as a child run of the study's run: its drawn params, per-epoch metrics (the
+    training runs' names), its value, and its state (status KILLED when pruned, FAILED with the reason).
+
+    Returns:
+        The child run's id.
+    """
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    client = mlflow.MlflowClient()
+    state = trial["state"]
+    suffix = {"PRUNED": "-pruned", "FAIL": "-failed"}.get(state, "")
+    run_tags = {"mlflow.parentRunId": parent_run_id, "trial": str(trial["number"]), "optuna_state": state,
+                **tags}
+    if trial.get("fail_reason"):
+        run_tags["fail_reason"] = str(trial["fail_reason"])[:5000]
+    run_id = _create_run(client, experiment_id, f"trial-{trial['number']}{suffix}", run_tags).info.run_id
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(f"epoch_{name}", float(value), timestamp, step)
+               for name, values in trial.get("history", {}).items() for step, value in enumerate(values, start=1)]
+    facts = {"val_accuracy": trial["value"] if state == "COMPLETE" else None, "epochs_run": trial.get("epochs_run"),
+             "pruned_at_epoch": trial.get("pruned_at_epoch"), "train_seconds": trial.get("seconds")}
+    metrics += [Metric(name, float(value), timestamp, 0) for name, value in facts.items() if value is not None]
+    client.log_batch(run_id, metrics=metrics, params=[Param(key, str(value)) for key, value in trial["params"].items()])
+    client.set_terminated(run_id, status=TRIAL_STATUS.get(state, "FAILED"))
+    return run_id
+
+
+def finish_study_run(run_id: str, metrics: dict[str, float], tags: dict[str, str], files: list[Path],
+                     step: int) -> None:
+    """End the study's parent run: the best trial's value and settings (tags: they change as a continued
+    study finds better trials, and params cannot), trial counts at `step` (trials so far), the figures
+    and the results file as artifacts under `study/`."""
+    import mlflow
+    from mlflow.entities import Metric, RunTag
+
+    client = mlflow.MlflowClient()
+    timestamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), timestamp, step) for key, value in metrics.items()],
+                     tags=[RunTag(key, value) for key, value in tags.items()])
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="study")
+    client.set_terminated(run_id, status="FINISHED")
+
+
 # --------------------------------------------------------------------------- model registry
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +89,18 @@ def _seed_augmentation_per_epoch(model: Any, seed: int) -> Any:
     return keras.callbacks.LambdaCallback(on_epoch_begin=reset)
 
 
-def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: int | str = "auto") -> TrainedModel:
+def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: int | str = "auto",
+                callbacks: Sequence[Any] = ()) -> TrainedModel:
     """Build and fit one variant; resume from `work`'s backup if an earlier run was interrupted.
 
     Args:
         variant: the resolved variant (`config.variant(name)`; `.with_seed(n)` for another seed).
-        data: the prepared splits.
+        data: the prepared splits (the test split is not used: it may be left unloaded).
         work: the job's work directory (Keras' per-epoch backup and the per-epoch history).
         verbose: Keras verbosity; "auto" shows the progress bar in a terminal, one line per epoch
             otherwise (logs of DVC in CI, Prefect workers).
+        callbacks: more Keras callbacks, called after the fit's own at each epoch end (so the epoch
+            is already backed up and in the history when they run), e.g. a tuning trial's pruning.
 
     Returns:
         The trained model, its history, a text summary, the facts of the training (reproducible:
@@ -124,7 +128,7 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
     train_data = _dataset(data.x_train, data.y_train, settings, data.num_classes, variant.seed,
                           epochs=range(resume_epoch, settings.epochs))
     val_data = _dataset(data.x_val, data.y_val, settings, data.num_classes, variant.seed)
-    callbacks = [
+    all_callbacks = [
         # Listed before BackupAndRestore, so called before it writes the epoch's backup (the optimizer's
         # variables, part of the backup, exist from the first step on).
         keras.callbacks.LambdaCallback(
@@ -137,13 +141,14 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
         _seed_augmentation_per_epoch(model, variant.seed),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
                                       restore_best_weights=True),
+        *callbacks,
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     started, started_ms = time.perf_counter(), int(time.time() * 1000)
     # One iterator over all epochs' batches (steps_per_epoch given): Keras does not restart it per epoch.
     fitted = model.fit(train_data, validation_data=val_data, epochs=settings.epochs, steps_per_epoch=steps_per_epoch,
-                       callbacks=callbacks, shuffle=False, verbose=verbose)  # the tf.data pipeline shuffles
+                       callbacks=all_callbacks, shuffle=False, verbose=verbose)  # the tf.data pipeline shuffles
     seconds = time.perf_counter() - started
     epochs_this_process = len(next(iter(fitted.history.values()), []))
     history = read_history(work.history)
