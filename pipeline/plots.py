@@ -4,7 +4,7 @@ Figures are built as `matplotlib.figure.Figure` objects, never through pyplot's 
 building them is thread-safe and needs no display; `save_figure` renders PNGs with Agg. Images are
 numpy arrays shaped (N, H, W, C), C = 1 (grayscale) or 3 (RGB), float in [0, 1] or uint8 in [0, 255].
 
-Longer than the project's other modules (about 400 lines) on purpose: it is the one place for every
+Longer than the project's other modules (about 460 lines) on purpose: it is the one place for every
 figure, each a function that can be read alone, sharing the image and label helpers at the top.
 """
 

@@ -3,7 +3,7 @@
 Each reader returns a `RawDataset` of uint8 images shaped (N, H, W, C) and integer labels, and
 raises `DataError` naming the file and what was expected when the input is wrong.
 
-About 340 lines: five readers of 30-60 lines each, with the checks that make a bad file fail
+About 440 lines: five readers of 30-60 lines each, with the checks that make a bad file fail
 naming itself; splitting them would scatter the one thing a new source has to imitate.
 """
 

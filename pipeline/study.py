@@ -9,6 +9,9 @@ and resuming it, and running its trials (each a `fit_variant` scored on the vali
   second worker draws new points), the median pruner on each epoch's validation accuracy.
 - Selection sees the validation split only: the test split is not even loaded.
 - Tracking: one MLflow parent run per study (search space, plots, best trial), a child run per trial.
+
+About 320 lines: the storage, its failure messages and the resume of a killed study belong together
+(a resumed study must open the storage, find the dead trials and reseed the sampler in one place).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Tracking store: `MLFLOW_TRACKING_URI` when set (a server), else `sqlite:///<project>/mlflow.db`
 with artifacts under `<project>/mlruns`, so `mlflow ui` started in the project root shows it all.
 
-About 350 lines because it is the one module allowed to call MLflow (STYLE.md): runs, models,
-registry and artifacts; most functions are a few lines around one MLflow call.
+About 580 lines because it is the one module allowed to call MLflow (STYLE.md): runs, models,
+registry, artifacts and tuning studies; most functions are a few lines around one MLflow call.
 """
 
 from __future__ import annotations

@@ -45,10 +45,15 @@ NOT_RUN = {
     "export PREFECT_API_URL=http://localhost:4200/api PREFECT_API_AUTH_STRING=$PREFECT_SERVER_API_AUTH_STRING": DOCKER,
     "export AWS_ACCESS_KEY_ID=$MINIO_APP_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$MINIO_APP_SECRET_KEY": DOCKER,
     "dvc push -r stack": DOCKER,
+    "python -m pipeline tune three_conv --trials 12": "the recorded output of a real study on the bundled sample "
+                                                     "(about 8 minutes); TUNE runs the same command with fewer trials",
 }
 SERVE = "mlflow models serve -m models:/mnist-cnn@champion --env-manager local -p 5001"
 CURL = "curl -s localhost:5001/invocations -H 'Content-Type: application/json' -d @docs/serving/digit_7.json"
 BROKEN = "python -m pipeline train three_conv --params docs/examples/broken_params.yaml"
+TUNE = "python -m pipeline tune three_conv --trials 8"
+TUNE_FLOW = "python -m flows.tune three_conv --trials 12 --workers 2"
+TUNE_APPLY = "python -m pipeline tune three_conv --apply"
 PREFECT = ["make prefect-server", "make prefect-pool", "make prefect-deploy", "make prefect-worker", "make prefect-run"]
 
 
@@ -279,6 +284,48 @@ def check_serving(project: Path, tmp_path: Path) -> None:
     assert matches, "docs/serving/digit_7.json is not a 7 of the bundled sample"
 
 
+def tune_report(project: Path) -> dict:
+    return json.loads((project / "reports" / "tune" / "three_conv.json").read_text())
+
+
+def check_tune(project: Path) -> None:
+    """The study reaches 8 trials with a result and names the best; the same command again runs none."""
+    back_to_baseline(project)
+    first = shell(TUNE, project).stdout
+    assert first.count("[tune three_conv] trial ") >= 8 and re.search(r"^best: trial \d+, val_accuracy", first,
+                                                                       re.MULTILINE), first
+    assert re.search(r"^apply with: dvc exp run -S |^the best trial uses the settings", first, re.MULTILINE), first
+    report = tune_report(project)
+    assert report["trials"]["complete"] + report["trials"]["pruned"] == 8
+    again = shell(TUNE, project).stdout
+    assert "[tune three_conv] trial " not in again and report["study"] in again, again
+
+
+def check_tune_flow(project: Path) -> None:
+    """The `tune-variant` flow continues the same study to 12 trials on two Dask workers."""
+    study = tune_report(project)["study"]
+    shell(TUNE_FLOW, project)
+    report = tune_report(project)
+    assert report["study"] == study and report["trials"]["complete"] + report["trials"]["pruned"] == 12, report
+    assert len({trial["number"] for trial in report["trial_list"]}) == len(report["trial_list"])
+
+
+def check_tune_apply(project: Path) -> None:
+    """--apply writes the best trial's settings, and the params file then resolves to them."""
+    best = tune_report(project)["best"]
+    output = shell(TUNE_APPLY, project).stdout
+    if not best["settings"]:
+        assert "the best trial uses the settings params.yaml already has" in output, output
+        return
+    assert "applied to params.yaml" in output, output
+    from pipeline.config import load_params
+
+    variant = load_params(project / "params.yaml").variant("three_conv")
+    for key, value in best["settings"].items():
+        if key.startswith("models.three_conv.train.") and "augment" not in key:
+            assert getattr(variant.train, key.rsplit(".", 1)[1]) == value, key
+
+
 # The documented commands in the order a new user meets them; each runs once.
 RUN_ORDER = [
     "make repro", "dvc repro", BROKEN,
@@ -288,7 +335,7 @@ RUN_ORDER = [
     "dvc exp run --queue -S train.learning_rate=0.001", "dvc exp run --queue -S train.learning_rate=0.003",
     "dvc queue start -j 2", "dvc queue status",
     "python -m pipeline predict docs/serving/digits/", "python -m pipeline rollback", SERVE, CURL,
-    "python -m flows.training",
+    "python -m flows.training", TUNE, TUNE_FLOW, TUNE_APPLY,
 ]
 
 
@@ -320,6 +367,12 @@ def test_the_documented_commands_do_what_the_docs_say(project: Path, tmp_path: P
             check_rollback(command, project)
         elif command == SERVE:
             check_serving(project, tmp_path)  # with CURL
+        elif command == TUNE:
+            check_tune(project)
+        elif command == TUNE_FLOW:
+            check_tune_flow(project)
+        elif command == TUNE_APPLY:
+            check_tune_apply(project)
 
 
 def test_the_documented_prefect_commands_schedule_and_run_the_flow(project: Path, tmp_path: Path) -> None:
