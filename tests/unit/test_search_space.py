@@ -9,11 +9,11 @@ import optuna
 import pytest
 
 from pipeline.config import load_params, parse_params, read_params_file
-from pipeline.errors import ParamsError
 from pipeline.study import masked, sampler_seed
 from pipeline.trial import InvalidTrialError, variant_for_trial
 from pipeline.tune import tuned_settings
 from tests.conftest import REPO
+from tests.unit.test_config import error_for
 
 RAW = read_params_file(REPO / "params.yaml")
 
@@ -22,12 +22,6 @@ def _with_space(variant: str, space: dict) -> dict:
     raw = copy.deepcopy(RAW)
     raw["models"][variant]["tune"] = space
     return raw
-
-
-def _error(raw: dict) -> str:
-    with pytest.raises(ParamsError) as raised:
-        parse_params(raw)
-    return str(raised.value)
 
 
 def test_the_shipped_search_spaces_are_valid() -> None:
@@ -53,14 +47,14 @@ def test_the_shipped_search_spaces_are_valid() -> None:
     ({"dropout": {"low": 0.1, "high": 0.5}}, "models.three_conv.tune.dropout", "has no dropout layer"),
 ])
 def test_a_bad_search_space_fails_naming_the_key(space: dict, key: str, words: str) -> None:
-    message = _error(_with_space("three_conv", space))
+    message = error_for(_with_space("three_conv", space))
     assert key in message and words in message, message
 
 
 def test_study_settings_are_validated() -> None:
     raw = copy.deepcopy(RAW)
     raw["tune"]["warmup_epochs"] = -1
-    assert "tune.warmup_epochs" in _error(raw)
+    assert "tune.warmup_epochs" in error_for(raw)
 
 
 def _space_and_base(variant: str, space: dict):
