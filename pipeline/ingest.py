@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.config import DataConfig, PipelineConfig
 from pipeline.dataset import RawDataset, save_raw, splits_of, validate_dataset
@@ -35,6 +34,8 @@ def subsample(dataset: RawDataset, max_images: int, seed: int) -> tuple[RawDatas
         count = max(len(np.unique(labels)), round(labels.size * keep))
         if count >= labels.size:
             return images, labels
+        from sklearn.model_selection import train_test_split  # here: the stage imports sklearn only if it subsamples
+
         indices = np.arange(labels.size)
         try:
             chosen, _ = train_test_split(indices, train_size=count, stratify=labels, random_state=seed)

@@ -19,7 +19,6 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
 from pipeline.io import write_with
 
@@ -102,7 +101,8 @@ def most_confused_pair(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int)
     y_true, y_pred = _check_labels(y_true, y_pred)
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
-    matrix = confusion_matrix(y_true, y_pred, labels=range(num_classes))
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
     np.fill_diagonal(matrix, 0)
     if matrix.max(initial=0) == 0:
         return None
@@ -195,6 +195,8 @@ def confusion_matrix_figure(
     ax = figure.add_subplot()
     long_names = max(len(str(name)) for name in class_names) > 3
     values_format = "d" if np.issubdtype(matrix.dtype, np.integer) else ".2f"  # "d" fails on floats
+    from sklearn.metrics import ConfusionMatrixDisplay  # here: sklearn takes a second to import
+
     display = ConfusionMatrixDisplay(matrix, display_labels=list(class_names))
     display.plot(ax=ax, colorbar=True, values_format=values_format, xticks_rotation=45 if long_names else 0)
     if long_names:

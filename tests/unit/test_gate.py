@@ -1,11 +1,11 @@
-"""The promotion gate: McNemar's exact test on paired outcomes (statsmodels)."""
+"""The promotion gate: McNemar's exact test on paired outcomes (checked against statsmodels)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.register import mcnemar_gate
+from pipeline.register import mcnemar_exact_p, mcnemar_gate
 
 
 def outcomes(both_right: int, only_champion: int, only_challenger: int, both_wrong: int) -> tuple[np.ndarray, ...]:
@@ -56,3 +56,13 @@ def test_confidence_interval_matches_the_t_distribution() -> None:
     expected = stats.t.ppf(0.975, df=3) * np.std(values, ddof=1) / np.sqrt(4)
     assert mean == pytest.approx(0.955) and half_width == pytest.approx(expected)
     assert np.isnan(ci95([0.9])[1])  # one seed: no interval
+
+
+@pytest.mark.parametrize("champion_only, challenger_only", [
+    (0, 0), (0, 1), (1, 0), (3, 3), (2, 30), (30, 2), (12, 20), (0, 45), (150, 170), (400, 600)])
+def test_exact_p_value_is_statsmodels_mcnemar(champion_only: int, challenger_only: int) -> None:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    table = np.array([[500, champion_only], [challenger_only, 40]])
+    expected = float(mcnemar(table, exact=True).pvalue)
+    assert mcnemar_exact_p(champion_only, challenger_only) == pytest.approx(expected, rel=1e-9, abs=1e-300)
