@@ -84,3 +84,15 @@ def test_vector_output_required() -> None:
 
     with pytest.raises(ValueError, match="end the list with a flatten"):
         infer_shapes([ConvLayer(type="conv", filters=4, kernel_size=3)], (28, 28, 1))
+
+
+def test_batch_norm_momentum_reaches_keras_and_is_validated() -> None:
+    from tests.unit.test_config import error_for
+
+    layers = [{"type": "conv", "filters": 4, "kernel_size": 3}, {"type": "batch_norm", "momentum": 0.9},
+              {"type": "batch_norm"}, {"type": "flatten"}]
+    config = parse_params({"models": {"bn": {"layers": layers}}})
+    model = build_model(config.variant("bn").layers, (28, 28, 1), 10, name="bn")
+    assert [model.get_layer(f"batch_norm_{index}").momentum for index in (1, 2)] == [0.9, 0.99]  # Keras' default
+    layers[1]["momentum"] = 1.0
+    assert "models.bn.layers[1].momentum" in error_for({"models": {"bn": {"layers": layers}}})
