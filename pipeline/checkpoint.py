@@ -36,7 +36,6 @@ class WorkDir:
         self.history = path / "history.csv"
         self.manifest = path / BACKUP_MANIFEST
         self.trained = path / "trained"
-        self.run_id_file = path / "mlflow_run_id"
         self.run_facts = path / "run.json"  # seconds and resume of the fit that made `trained/`
 
     def open(self) -> str | None:

@@ -103,15 +103,17 @@ def prepare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(
 @_clear_errors
 def train(variant: Annotated[str, typer.Argument(help="A key of `models` in the params file.")],
           params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
-          track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+          track: Annotated[bool, typer.Option(
+              help="Check the MLflow tracking server before the fit (the evaluate stage logs the run).")] = True,
           verbose: VerboseOption = False) -> None:
-    """Train one variant (resumes an interrupted run); write models/<variant>/ and an MLflow run."""
+    """Train one variant (resumes an interrupted run); write models/<variant>/ and the run record that
+    the evaluate stage logs to MLflow."""
     from pipeline.train import run_train
 
     info = run_train(_config(params), variant, root, track=track)
     seconds = f", {info['train_seconds']:.1f}s" if "train_seconds" in info else " (reused a finished fit)"
     typer.echo(f"trained {variant}: {info['params']:,} parameters, best val_accuracy "
-               f"{info['best_val_accuracy']:.4f}{seconds}" + (f", MLflow run {info['run_id']}" if track else ""))
+               f"{info['best_val_accuracy']:.4f}{seconds}")
 
 
 @app.command()
@@ -119,9 +121,11 @@ def train(variant: Annotated[str, typer.Argument(help="A key of `models` in the 
 def evaluate(variants: Annotated[list[str] | None, typer.Argument(
                  help="Keys of `models` in the params file (default: all).", show_default=False)] = None,
              params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
-             track: Annotated[bool, typer.Option(help="Add metrics and pictures to the MLflow runs.")] = True,
+             track: Annotated[bool, typer.Option(
+                 help="Log each variant's MLflow run: its training, test metrics and pictures.")] = True,
              verbose: VerboseOption = False) -> None:
-    """Score trained variants on the test split; write their reports (metrics, pictures, CSVs)."""
+    """Score trained variants on the test split; write their reports (metrics, pictures, CSVs) and log
+    each one's MLflow run (the training and this evaluation)."""
     from pipeline.evaluate import run_evaluate
 
     run_evaluate(_config(params), root, variants, track=track)

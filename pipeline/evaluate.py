@@ -1,26 +1,49 @@
 """The `evaluate` stage: test metrics, confusion matrix, curves, error galleries, filters.
 
-`evaluate_model()` computes (returns dicts and figures); `write_evaluation()` is the file edge.
+`evaluate_model()` computes (metrics and the arrays the pictures are drawn from); `write_evaluation()` and
+`save_pictures()` are the file edges.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix
 
 from pipeline import plots
 from pipeline.config import EvaluateConfig, PipelineConfig
 from pipeline.dataset import PreparedData, load_prepared
-from pipeline.io import write_json, write_text
+from pipeline.io import read_json, write_json, write_text
 from pipeline.layout import Layout
 from pipeline.metrics import score
 from pipeline.models import conv_layers
+
+
+@dataclass
+class Pictures:
+    """What a variant's evaluation pictures are drawn from, as plain arrays: the stage draws them in
+    another process while it scores the next variant (`draw_pictures`, `save_pictures`)."""
+
+    variant: str
+    images: np.ndarray  # the test split
+    labels: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray  # probability of the predicted class
+    class_names: list[str]
+    confusion: np.ndarray
+    history: dict[str, list[float]]
+    rows: int
+    cols: int
+    kernels: np.ndarray | None  # the first conv layer's, (kh, kw, in, filters); None without conv layers
+    feature_maps: list[tuple[str, np.ndarray]] = field(default_factory=list)  # of test image 0
 
 
 @dataclass
@@ -29,8 +52,7 @@ class Evaluation:
     per_class: dict[str, dict[str, float]]
     confusion: np.ndarray
     probabilities: np.ndarray  # test split, (N, num_classes)
-    figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
-    gallery_indices: list[int] = field(default_factory=list)
+    pictures: Pictures
 
 
 def predict_probabilities(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -70,33 +92,50 @@ def evaluate_model(model: Any, data: PreparedData, history: dict[str, list[float
     predicted = probabilities.argmax(axis=1)
     val_predicted = predict_probabilities(model, data.x_val, config.batch_size).argmax(axis=1)
     metrics, per_class = score(data.y_val, val_predicted, data.y_test, probabilities, data.class_names)
-    matrix = confusion_matrix(data.y_test, predicted, labels=list(range(data.num_classes)))
-    confidence = probabilities[np.arange(len(predicted)), predicted]
-    rows, cols = config.gallery_rows, config.gallery_cols
-    gallery, shown = plots.error_gallery(data.x_test, data.y_test, predicted, confidence, data.class_names,
-                                         rows=rows, cols=cols, title=f"{variant}: most confident mistakes")
+    matrix = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)  # rows true, columns predicted
+    np.add.at(matrix, (data.y_test, predicted), 1)
+    convolutions = conv_layers(model)
+    pictures = Pictures(
+        variant=variant, images=np.asarray(data.x_test), labels=np.asarray(data.y_test), predicted=predicted,
+        confidence=probabilities[np.arange(len(predicted)), predicted], class_names=list(data.class_names),
+        confusion=matrix, history=history, rows=config.gallery_rows, cols=config.gallery_cols,
+        kernels=np.asarray(convolutions[0].get_weights()[0]) if convolutions else None,
+        feature_maps=feature_maps(model, data.x_test[0]) if convolutions else [])
+    return Evaluation(metrics=metrics, per_class=per_class, confusion=matrix, probabilities=probabilities,
+                      pictures=pictures)
+
+
+def draw_pictures(pictures: Pictures) -> dict[str, Any]:
+    """The evaluation's figures by file name: error galleries, confusion matrix, learning curves, the
+    first layer's filters and the feature maps of test image 0."""
+    p = pictures
+    variant, names, rows, cols = p.variant, p.class_names, p.rows, p.cols
+    gallery, _ = plots.error_gallery(p.images, p.labels, p.predicted, p.confidence, names, rows=rows, cols=cols,
+                                     title=f"{variant}: most confident mistakes")
     figures = {
         "error_gallery.png": gallery,
-        "confusion_matrix.png": plots.confusion_matrix_figure(matrix, data.class_names),
-        "learning_curves.png": plots.learning_curves_figure(history, title=f"{variant}: learning curves"),
+        "confusion_matrix.png": plots.confusion_matrix_figure(p.confusion, names),
+        "learning_curves.png": plots.learning_curves_figure(p.history, title=f"{variant}: learning curves"),
     }
-    pair = plots.most_confused_pair(data.y_test, predicted, data.num_classes)
+    pair = plots.most_confused_pair(p.labels, p.predicted, len(names))
     if pair is not None:
         true_class, predicted_class = pair
-        candidates = np.flatnonzero((data.y_test == true_class) & (predicted == predicted_class))
+        candidates = np.flatnonzero((p.labels == true_class) & (p.predicted == predicted_class))
         figures["confused_pair_gallery.png"], _ = plots.error_gallery(
-            data.x_test, data.y_test, predicted, confidence, data.class_names, rows=rows, cols=cols,
-            indices=candidates, title=(f"{variant}: most confused pair, {data.class_names[true_class]} "
-                                       f"predicted as {data.class_names[predicted_class]}"))
-    convolutions = conv_layers(model)
-    if convolutions:
-        kernels = np.asarray(convolutions[0].get_weights()[0])
-        figures["filters.png"] = plots.filters_figure(kernels, title=f"{variant}: first conv layer filters")
+            p.images, p.labels, p.predicted, p.confidence, names, rows=rows, cols=cols, indices=candidates,
+            title=f"{variant}: most confused pair, {names[true_class]} predicted as {names[predicted_class]}")
+    if p.kernels is not None:
+        figures["filters.png"] = plots.filters_figure(p.kernels, title=f"{variant}: first conv layer filters")
         figures["feature_maps.png"] = plots.feature_maps_figure(
-            feature_maps(model, data.x_test[0]), data.x_test[0],
-            title=f"{variant}: feature maps of test image 0 (label {data.class_names[int(data.y_test[0])]})")
-    return Evaluation(metrics=metrics, per_class=per_class, confusion=matrix, probabilities=probabilities,
-                      figures=figures, gallery_indices=shown)
+            p.feature_maps, p.images[0],
+            title=f"{variant}: feature maps of test image 0 (label {names[int(p.labels[0])]})")
+    return figures
+
+
+def save_pictures(pictures: Pictures, directory: Path) -> list[Path]:
+    """Draw the evaluation's figures and write them into `directory` (each PNG atomically)."""
+    return [plots.save_figure(figure, Path(directory) / file_name)
+            for file_name, figure in draw_pictures(pictures).items()]
 
 
 def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
@@ -109,7 +148,8 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
 
 def write_evaluation(evaluation: Evaluation, data: PreparedData, history: dict[str, list[float]],
                      root: Path, variant: str) -> list[Path]:
-    """Write the variant's metrics, CSVs for DVC plots and pictures (paths: pipeline/layout.py)."""
+    """Write the variant's metrics and the CSVs for DVC plots (paths: pipeline/layout.py); the
+    pictures are `save_pictures`' work."""
     names = data.class_names
     layout = Layout(root)
     report_dir = layout.evaluation_dir(variant)
@@ -128,31 +168,108 @@ def write_evaluation(evaluation: Evaluation, data: PreparedData, history: dict[s
     written.append(write_text(layout.curves_file(variant), _csv_text(
         ["epoch", *keys], [[epoch + 1, *(round(history[key][epoch], 6) for key in keys)]
                            for epoch in range(epochs)])))
-    for file_name, figure in evaluation.figures.items():
-        written.append(plots.save_figure(figure, report_dir / file_name))
     return written
+
+
+def _score(config: PipelineConfig, name: str, root: Path, data: PreparedData) -> tuple[Any, Evaluation, list[Path]]:
+    """Load a variant's model, score it, write its metrics and CSVs: (trained model, evaluation, files)."""
+    from pipeline.model_files import load_trained
+
+    trained = load_trained(Layout(root).model_dir(name))
+    evaluation = evaluate_model(trained.model, data, trained.history, config.evaluate, config.variant(name).name)
+    return trained, evaluation, write_evaluation(evaluation, data, trained.history, root, name)
+
+
+def _log(config: PipelineConfig, name: str, root: Path, trained: Any, data: PreparedData,
+         metrics: dict[str, float], files: list[Path], experiment_id: str | None) -> None:
+    """Log the variant's MLflow run: its training (once per trained model) and this evaluation."""
+    from pipeline import tracking
+
+    layout = Layout(root)
+    experiment_id = experiment_id or tracking.setup(root, config.mlflow.experiment_name)
+    kept = (f"logging the run of {name} (its model and reports are kept in {layout.model_dir(name)} and "
+            f"{layout.evaluation_dir(name)}; rerun the evaluate stage to log them)")
+    with tracking.outage_reported(root, kept):
+        run_id = training_run_id(config, name, root, trained, data, experiment_id)
+        tracking.log_evaluation(run_id, metrics, files, artifact_dir="evaluation")
 
 
 def evaluate_variant(config: PipelineConfig, name: str, root: Path, track: bool = True,
                      data: PreparedData | None = None) -> dict[str, float]:
-    """Evaluate one variant: score it, write its reports (pipeline/layout.py), log them to its run.
+    """Evaluate one variant: score it, write its reports (pipeline/layout.py) and pictures, and log its
+    MLflow run: the training (params, per-epoch metrics, model) and this evaluation (test metrics,
+    pictures). `data` saves re-reading the prepared splits.
+    """
+    data = data if data is not None else load_prepared(Layout(root).prepared_dir)
+    trained, evaluation, written = _score(config, name, root, data)
+    written += save_pictures(evaluation.pictures, Layout(root).evaluation_dir(name))
+    if track:
+        _log(config, name, root, trained, data, evaluation.metrics, written, None)
+    return evaluation.metrics
 
-    `data` saves re-reading the prepared splits when evaluating several variants in a row.
+
+def training_run_id(config: PipelineConfig, name: str, root: Path, trained: Any, data: PreparedData,
+                    experiment_id: str) -> str:
+    """The MLflow run of the training in models/<name>: the run logged for it before (an evaluate
+    stage rerun, e.g. after an `evaluate` param changed), else a new run, logged now.
+
+    The new run holds what the train stage recorded (reports/runs/<name>.json): the fit's start and
+    end as the run's times, its seconds, git commit and the Prefect tags. A model restored from a DVC
+    cache has no such record here; its run then names the current commit, whose code DVC vouches
+    made it (the train stage's deps are unchanged), and has no fit times.
     """
     from pipeline import tracking
-    from pipeline.model_files import load_trained
+    from pipeline.lineage import git_commit
 
-    variant = config.variant(name)
     layout = Layout(root)
-    trained = load_trained(layout.model_dir(name))
-    data = data if data is not None else load_prepared(layout.prepared_dir)
-    evaluation = evaluate_model(trained.model, data, trained.history, config.evaluate, variant.name)
-    written = write_evaluation(evaluation, data, trained.history, root, variant.name)
-    if track:
-        tracking.setup(root, config.mlflow.experiment_name)
-        run = tracking.find_training_run(config.mlflow.experiment_name, trained.training["model_digest"])
-        tracking.log_evaluation(run["run_id"], evaluation.metrics, written, artifact_dir="evaluation")
-    return evaluation.metrics
+    digest = trained.training["model_digest"]
+    record_file = layout.run_record(name)
+    record = read_json(record_file) if record_file.is_file() else {}
+    fit_recorded = record.get("model_digest") == digest
+    logged = None
+    if fit_recorded and record.get("run_id"):
+        logged = tracking.finished_training_run(record["run_id"])
+    elif not fit_recorded:
+        record = {}
+        logged = tracking.newest_training_run(config.mlflow.experiment_name, digest)
+    if logged is None:
+        trained.run = {key: record[key] for key in ("train_seconds", "images_per_second", "fit_started_ms",
+                                                    "fit_ended_ms") if record.get(key) is not None}
+        data_version = trained.training["data_version"]
+        datasets = [tracking.DatasetRecord(name=f"{split} ({labels.size:,} images)", digest=data_version,
+                                           source=str(layout.prepared_dir.relative_to(root)), context=context,
+                                           tags={"split": split, "images": str(labels.size),
+                                                 "classes": ", ".join(data.class_names)})
+                    for split, context, labels in (("train", "training", data.y_train),
+                                                   ("val", "validation", data.y_val))]
+        tags = {"git_commit": record.get("git_commit") or git_commit(root), "data_version": data_version,
+                "params_hash": trained.training["params_hash"], "model_digest": digest, **record.get("tags", {})}
+        logged = tracking.log_training_run(
+            experiment_id, config.variant(name), trained, files=[layout.history_file(name),
+                                                                  layout.training_file(name)],
+            example=np.asarray(data.x_val[:5]), tags=tags, ghost_run_file=layout.pending_run_file(name),
+            datasets=datasets, model_file=layout.model_file(name))
+        layout.pending_run_file(name).unlink(missing_ok=True)
+    write_json(record_file, {**record, "variant": name, **logged})
+    return logged["run_id"]
+
+
+def _ready() -> None:
+    """Run first in the drawing process, so that it starts (and imports matplotlib) while this one
+    imports TensorFlow."""
+
+
+@contextlib.contextmanager
+def picture_process() -> Iterator[ProcessPoolExecutor]:
+    """One more process, which draws the pictures of each variant while this one scores the next.
+
+    Drawing is matplotlib in Python, about 1.5 s per variant on one core; the other core is otherwise
+    idle while this process loads models and logs runs (benchmarks/results.md). Spawned, not forked:
+    this process runs TensorFlow, whose threads do not survive a fork.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_ready)
+        yield pool
 
 
 def run_evaluate(config: PipelineConfig, root: Path, variants: list[str] | None = None,
@@ -160,17 +277,30 @@ def run_evaluate(config: PipelineConfig, root: Path, variants: list[str] | None 
     """The `evaluate` stage: every variant (or `variants`) in one process, in params order.
 
     One process for all variants, because starting one costs more than evaluating a variant
-    (starting Python and importing TensorFlow and MLflow: about 8 s on two cores, against 2 to 3 s
-    of work; benchmarks/results.md).
+    (starting Python and importing TensorFlow and MLflow: about 6 s on two cores, against 2 to 3 s
+    of work; benchmarks/results.md). The pictures are drawn in a second process meanwhile
+    (`picture_process`); each variant's MLflow run is logged once its pictures are written.
     """
+    from pipeline import tracking
 
     chosen = variants or list(config.models)
     for name in chosen:
         config.variant(name)  # unknown names fail before any work
-    data = load_prepared(Layout(root).prepared_dir)
-    results = {}
-    for number, name in enumerate(chosen, start=1):
-        results[name] = metrics = evaluate_variant(config, name, root, track=track, data=data)
-        print(f"[evaluate {number}/{len(chosen)}] {name}: test accuracy {metrics['test_accuracy']:.4f}, "
-              f"loss {metrics['test_loss']:.4f}, {metrics['test_errors']} mistakes", flush=True)
+    layout = Layout(root)
+    results: dict[str, dict[str, float]] = {}
+    with picture_process() as drawer:
+        data = load_prepared(layout.prepared_dir)
+        experiment_id = tracking.setup(root, config.mlflow.experiment_name) if track else None
+        scored = []
+        for number, name in enumerate(chosen, start=1):
+            trained, evaluation, written = _score(config, name, root, data)
+            drawn = drawer.submit(save_pictures, evaluation.pictures, layout.evaluation_dir(name))
+            results[name] = metrics = evaluation.metrics
+            print(f"[evaluate {number}/{len(chosen)}] {name}: test accuracy {metrics['test_accuracy']:.4f}, "
+                  f"loss {metrics['test_loss']:.4f}, {metrics['test_errors']} mistakes", flush=True)
+            scored.append((name, trained, written, drawn))
+        for name, trained, written, drawn in scored:
+            files = written + drawn.result()  # the drawing process's error, if any, is raised here
+            if track:
+                _log(config, name, root, trained, data, results[name], files, experiment_id)
     return results

@@ -11,8 +11,10 @@
     reports/leaderboard.{md,csv}              compare
     reports/registry.json, model_card.md      register: this machine's registry decision (git-ignored)
     reports/history.jsonl                     the flow: one line per retrain decision (git-ignored)
-    reports/runs/<variant>.json               train: this machine's last run of a variant (git-ignored)
+    reports/runs/<variant>.json               train: this machine's last fit of a variant (git-ignored);
+                                              evaluate adds the id of the MLflow run that logged it
     .cache/train/<variant>/                   train: crash-safety state while a fit runs
+    .cache/tracking/<variant>.run_id          evaluate: the MLflow run being logged (crash safety)
     mlflow.db, mlruns/                        the default MLflow store
     reports/tune/<variant>.json               tune (not a DVC stage): a study's best trial and its -S line
     optuna.db, .cache/tune/<study>/           tune: the default study storage (git-ignored), trials' work dirs
@@ -96,6 +98,11 @@ class Layout:
 
     def work_dir(self, variant: str) -> Path:
         return self.root / ".cache" / "train" / variant
+
+    def pending_run_file(self, variant: str) -> Path:
+        """The id of the MLflow run the evaluate stage is logging a training into, until it has finished:
+        left by a killed stage, it names the run to mark FAILED."""
+        return self.root / ".cache" / "tracking" / f"{variant}.run_id"
 
     # ------------------------------------------------------------------ evaluation
     def evaluation_dir(self, variant: str) -> Path:

@@ -566,8 +566,9 @@ def find_version(name: str, run_id: str) -> str | None:
     return str(max(int(version.version) for version in versions)) if versions else None
 
 
-def find_training_run(experiment_name: str, model_digest: str) -> dict[str, str]:
-    """The newest finished run that logged the model with this content digest: {"run_id", "model_uri"}.
+def newest_training_run(experiment_name: str, model_digest: str) -> dict[str, str] | None:
+    """The newest finished run that logged the model with this content digest, {"run_id", "model_uri"},
+    or None.
 
     The digest (`model_files.content_digest`) names the model itself, whichever process, rerun or
     restored DVC cache put `models/<variant>/model.keras` there.
@@ -575,9 +576,33 @@ def find_training_run(experiment_name: str, model_digest: str) -> dict[str, str]
     runs = find_runs(experiment_name, f"tags.model_digest = '{model_digest}' and attributes.status = 'FINISHED'")
     runs = [run for run in runs if "model_uri" in run.data.tags]
     if not runs:
-        raise RegistryError(
-            f"no finished MLflow run in experiment {experiment_name!r} logged the model with digest "
-            f"{model_digest[:12]}...; it was trained without tracking or in another MLflow store. "
-            "Retrain and track it: dvc repro -f train@<variant>")
+        return None
     newest = max(runs, key=lambda run: run.info.start_time)
     return {"run_id": newest.info.run_id, "model_uri": newest.data.tags["model_uri"]}
+
+
+def finished_training_run(run_id: str) -> dict[str, str] | None:
+    """{"run_id", "model_uri"} of this run if it finished logging a model, else None (also when it is gone)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # e.g. deleted in the UI, or another store
+            return None
+        raise
+    if run.info.status != "FINISHED" or "model_uri" not in run.data.tags:
+        return None
+    return {"run_id": run_id, "model_uri": run.data.tags["model_uri"]}
+
+
+def find_training_run(experiment_name: str, model_digest: str) -> dict[str, str]:
+    """`newest_training_run`, which must exist (the register stage registers the logged model)."""
+    found = newest_training_run(experiment_name, model_digest)
+    if found is None:
+        raise RegistryError(
+            f"no finished MLflow run in experiment {experiment_name!r} logged the model with digest "
+            f"{model_digest[:12]}...; it was evaluated without tracking or in another MLflow store. "
+            "Log it: python -m pipeline evaluate <variant>")
+    return found

@@ -218,25 +218,31 @@ def publish(trained_dir: Path, model_dir: Path) -> None:
 
 def run_train(config: PipelineConfig, name: str, root: Path, track: bool = True,
               extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """The whole `train` stage for one variant: fit (or resume), publish models/<variant>/, track.
+    """The whole `train` stage for one variant: fit (or resume), publish models/<variant>/, record the run.
+
+    The stage does not import MLflow: the evaluate stage logs each training as an MLflow run, in one
+    process for all variants (importing MLflow and opening its store costs about 2.5 s per process;
+    benchmarks/results.md). With `track`, a tracking server that is down fails the stage here, before
+    the fit, rather than in the evaluate stage after it.
 
     Args:
         config: the validated params.
         name: a key of `config.models`.
         root: the project directory (holds data/, models/, .cache/).
-        track: log the run to MLflow (off for benchmarks that measure bare training).
-        extra_tags: more MLflow tags (e.g. the Prefect flow-run id).
+        track: check the tracking server first (off for benchmarks that measure bare training).
+        extra_tags: more MLflow tags for the run the evaluate stage logs (e.g. the Prefect flow-run id).
 
     Returns:
-        training.json's content and this run's facts (seconds, and the MLflow run id when tracked).
+        training.json's content and this run's facts (seconds, resume), as the run record holds them.
     """
     from pipeline import tracking
     from pipeline.lineage import dvc_md5, git_commit
 
     variant = config.variant(name)
     layout = Layout(root)
+    if track:
+        tracking.check_server(tracking.tracking_uri(root))  # plain HTTP: MLflow is not imported here
     data_version = dvc_md5(layout.prepared_dir)
-    experiment_id = tracking.setup(root, config.mlflow.experiment_name) if track else None
     work = WorkDir(layout.work_dir(name), variant.fingerprint(data_version))
     note = work.open()
     if note:
@@ -254,27 +260,10 @@ def run_train(config: PipelineConfig, name: str, root: Path, track: bool = True,
         save_trained(trained, work.trained)
         write_json(work.run_facts, trained.run)
     publish(work.trained, layout.model_dir(name))
+    # What the evaluate stage logs as the run's lineage and times (not a DVC output: seconds and
+    # commits differ from run to run; the evaluate stage adds the run's id once logged).
     run = {**trained.run, "variant": name, "git_commit": git_commit(root), "data_version": data_version,
-           "model_digest": trained.training["model_digest"]}
-    if track:
-        kept = (f"logging the run of {name} (the finished training is kept in {work.trained} and is "
-                "logged without retraining when the stage is rerun)")
-        data = load_prepared(layout.prepared_dir, mmap=True)
-        example = np.asarray(data.x_val[:5])
-        datasets = [tracking.DatasetRecord(name=f"{split} ({labels.size:,} images)", digest=data_version,
-                                           source=str(layout.prepared_dir.relative_to(root)), context=context,
-                                           tags={"split": split, "images": str(labels.size),
-                                                 "classes": ", ".join(data.class_names)})
-                    for split, context, labels in (("train", "training", data.y_train),
-                                                   ("val", "validation", data.y_val))]
-        tags = {"git_commit": run["git_commit"], "data_version": data_version,
-                "params_hash": trained.training["params_hash"], "model_digest": run["model_digest"],
-                **(extra_tags or {})}
-        with tracking.outage_reported(root, kept):
-            run.update(tracking.log_training_run(
-                experiment_id, variant, trained, files=[layout.history_file(name), layout.training_file(name)],
-                example=example, tags=tags, ghost_run_file=work.run_id_file, datasets=datasets,
-                model_file=layout.model_file(name)))
+           "model_digest": trained.training["model_digest"], "tags": dict(extra_tags or {})}
     write_json(layout.run_record(name), run)
     work.close()
     return {**trained.training, **run}
