@@ -6,13 +6,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import multiprocessing
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +17,6 @@ import numpy as np
 from pipeline import plots
 from pipeline.config import EvaluateConfig, PipelineConfig
 from pipeline.dataset import PreparedData, load_prepared
-from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json, write_text
 from pipeline.layout import Layout
 from pipeline.metrics import score
@@ -31,8 +25,8 @@ from pipeline.models import conv_layers
 
 @dataclass
 class Pictures:
-    """What a variant's evaluation pictures are drawn from, as plain arrays: the stage draws them in
-    another process while it scores the next variant (`draw_pictures`, `save_pictures`)."""
+    """What a variant's evaluation pictures are drawn from, as plain arrays (`draw_pictures`,
+    `save_pictures`): the numbers and the drawing stay apart."""
 
     variant: str
     images: np.ndarray  # the test split
@@ -256,40 +250,14 @@ def training_run_id(config: PipelineConfig, name: str, root: Path, trained: Any,
     return logged["run_id"]
 
 
-def _ready() -> None:
-    """Run first in the drawing process, so that it starts (and imports matplotlib) while this one
-    imports TensorFlow."""
-
-
-@contextlib.contextmanager
-def picture_process() -> Iterator[ProcessPoolExecutor]:
-    """One more process, which draws the pictures of each variant while this one scores the next.
-
-    Drawing is matplotlib in Python, about 1.5 s per variant on one core; the other core is otherwise
-    idle while this process loads models and logs runs: the stage took 18.1 s instead of 20.6 s (five
-    variants, tracked, median of 2 side by side). Spawned, not forked: this process runs TensorFlow,
-    whose threads do not survive a fork.
-    """
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_ready)
-        try:
-            yield pool
-        except BrokenProcessPool as error:
-            raise PipelineError(
-                "the process drawing the evaluation pictures ended abruptly (killed, or out of memory). A "
-                "script that calls run_evaluate must start under `if __name__ == \"__main__\":` (the drawing "
-                "process imports the script, as Python's multiprocessing does); or score one variant at a "
-                "time with evaluate_variant, which draws them in the calling process") from error
-
-
 def run_evaluate(config: PipelineConfig, root: Path, variants: list[str] | None = None,
                  track: bool = True) -> dict[str, dict[str, float]]:
     """The `evaluate` stage: every variant (or `variants`) in one process, in params order.
 
     One process for all variants, because starting one costs more than evaluating a variant
     (starting Python and importing TensorFlow and MLflow: about 6 s on two cores, against 2 to 3 s
-    of work; benchmarks/results.md). The pictures are drawn in a second process meanwhile
-    (`picture_process`); each variant's MLflow run is logged once its pictures are written.
+    of work; benchmarks/results.md). Drawing the pictures in a second process meanwhile was tried:
+    the stage took 21-27 s with it and 17-22 s without, so it is not done.
     """
     from pipeline import tracking
 
@@ -297,20 +265,15 @@ def run_evaluate(config: PipelineConfig, root: Path, variants: list[str] | None 
     for name in chosen:
         config.variant(name)  # unknown names fail before any work
     layout = Layout(root)
+    data = load_prepared(layout.prepared_dir)
+    experiment_id = tracking.setup(root, config.mlflow.experiment_name) if track else None
     results: dict[str, dict[str, float]] = {}
-    with picture_process() as drawer:
-        data = load_prepared(layout.prepared_dir)
-        experiment_id = tracking.setup(root, config.mlflow.experiment_name) if track else None
-        scored = []
-        for number, name in enumerate(chosen, start=1):
-            trained, evaluation, written = _score(config, name, root, data)
-            drawn = drawer.submit(save_pictures, evaluation.pictures, layout.evaluation_dir(name))
-            results[name] = metrics = evaluation.metrics
-            print(f"[evaluate {number}/{len(chosen)}] {name}: test accuracy {metrics['test_accuracy']:.4f}, "
-                  f"loss {metrics['test_loss']:.4f}, {metrics['test_errors']} mistakes", flush=True)
-            scored.append((name, trained, written, drawn))
-        for name, trained, written, drawn in scored:
-            files = written + drawn.result()  # the drawing process's error, if any, is raised here
-            if track:
-                _log(config, name, root, trained, data, results[name], files, experiment_id)
+    for number, name in enumerate(chosen, start=1):
+        trained, evaluation, written = _score(config, name, root, data)
+        written += save_pictures(evaluation.pictures, layout.evaluation_dir(name))
+        results[name] = metrics = evaluation.metrics
+        if track:
+            _log(config, name, root, trained, data, metrics, written, experiment_id)
+        print(f"[evaluate {number}/{len(chosen)}] {name}: test accuracy {metrics['test_accuracy']:.4f}, "
+              f"loss {metrics['test_loss']:.4f}, {metrics['test_errors']} mistakes", flush=True)
     return results
