@@ -1,7 +1,8 @@
 """The `train` stage: fit one variant on the prepared data, resumably and reproducibly.
 
 `fit_variant` is the core (a resolved variant and data in, a trained model out); `run_train` is the
-stage: resume or fit, publish `models/<variant>/`, track the run. Crash safety: `pipeline/checkpoint.py`.
+stage: resume or fit, publish `models/<variant>/`, write the run record that the evaluate stage logs to
+MLflow. Crash safety: `pipeline/checkpoint.py`.
 """
 
 from __future__ import annotations
