@@ -1,7 +1,6 @@
 """The `evaluate` stage: test metrics, confusion matrix, curves, error galleries, filters.
 
-`evaluate_model()` computes (metrics and the arrays the pictures are drawn from); `write_evaluation()` and
-`save_pictures()` are the file edges.
+`evaluate_model()` computes (returns dicts and figures); `write_evaluation()` is the file edge.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
 from pipeline import plots
 from pipeline.config import EvaluateConfig, PipelineConfig
@@ -24,31 +24,12 @@ from pipeline.models import conv_layers
 
 
 @dataclass
-class Pictures:
-    """What a variant's evaluation pictures are drawn from, as plain arrays (`draw_pictures`,
-    `save_pictures`): the numbers and the drawing stay apart."""
-
-    variant: str
-    images: np.ndarray  # the test split
-    labels: np.ndarray
-    predicted: np.ndarray
-    confidence: np.ndarray  # probability of the predicted class
-    class_names: list[str]
-    confusion: np.ndarray
-    history: dict[str, list[float]]
-    rows: int
-    cols: int
-    kernels: np.ndarray | None  # the first conv layer's, (kh, kw, in, filters); None without conv layers
-    feature_maps: list[tuple[str, np.ndarray]] = field(default_factory=list)  # of test image 0
-
-
-@dataclass
 class Evaluation:
     metrics: dict[str, float]
     per_class: dict[str, dict[str, float]]
     confusion: np.ndarray
     probabilities: np.ndarray  # test split, (N, num_classes)
-    pictures: Pictures
+    figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
 
 
 def predict_probabilities(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -88,50 +69,33 @@ def evaluate_model(model: Any, data: PreparedData, history: dict[str, list[float
     predicted = probabilities.argmax(axis=1)
     val_predicted = predict_probabilities(model, data.x_val, config.batch_size).argmax(axis=1)
     metrics, per_class = score(data.y_val, val_predicted, data.y_test, probabilities, data.class_names)
-    matrix = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)  # rows true, columns predicted
-    np.add.at(matrix, (data.y_test, predicted), 1)
-    convolutions = conv_layers(model)
-    pictures = Pictures(
-        variant=variant, images=np.asarray(data.x_test), labels=np.asarray(data.y_test), predicted=predicted,
-        confidence=probabilities[np.arange(len(predicted)), predicted], class_names=list(data.class_names),
-        confusion=matrix, history=history, rows=config.gallery_rows, cols=config.gallery_cols,
-        kernels=np.asarray(convolutions[0].get_weights()[0]) if convolutions else None,
-        feature_maps=feature_maps(model, data.x_test[0]) if convolutions else [])
-    return Evaluation(metrics=metrics, per_class=per_class, confusion=matrix, probabilities=probabilities,
-                      pictures=pictures)
-
-
-def draw_pictures(pictures: Pictures) -> dict[str, Any]:
-    """The evaluation's figures by file name: error galleries, confusion matrix, learning curves, the
-    first layer's filters and the feature maps of test image 0."""
-    p = pictures
-    variant, names, rows, cols = p.variant, p.class_names, p.rows, p.cols
-    gallery, _ = plots.error_gallery(p.images, p.labels, p.predicted, p.confidence, names, rows=rows, cols=cols,
-                                     title=f"{variant}: most confident mistakes")
+    matrix = confusion_matrix(data.y_test, predicted, labels=list(range(data.num_classes)))
+    confidence = probabilities[np.arange(len(predicted)), predicted]
+    rows, cols = config.gallery_rows, config.gallery_cols
+    gallery, _ = plots.error_gallery(data.x_test, data.y_test, predicted, confidence, data.class_names,
+                                     rows=rows, cols=cols, title=f"{variant}: most confident mistakes")
     figures = {
         "error_gallery.png": gallery,
-        "confusion_matrix.png": plots.confusion_matrix_figure(p.confusion, names),
-        "learning_curves.png": plots.learning_curves_figure(p.history, title=f"{variant}: learning curves"),
+        "confusion_matrix.png": plots.confusion_matrix_figure(matrix, data.class_names),
+        "learning_curves.png": plots.learning_curves_figure(history, title=f"{variant}: learning curves"),
     }
-    pair = plots.most_confused_pair(p.labels, p.predicted, len(names))
+    pair = plots.most_confused_pair(data.y_test, predicted, data.num_classes)
     if pair is not None:
         true_class, predicted_class = pair
-        candidates = np.flatnonzero((p.labels == true_class) & (p.predicted == predicted_class))
+        candidates = np.flatnonzero((data.y_test == true_class) & (predicted == predicted_class))
         figures["confused_pair_gallery.png"], _ = plots.error_gallery(
-            p.images, p.labels, p.predicted, p.confidence, names, rows=rows, cols=cols, indices=candidates,
-            title=f"{variant}: most confused pair, {names[true_class]} predicted as {names[predicted_class]}")
-    if p.kernels is not None:
-        figures["filters.png"] = plots.filters_figure(p.kernels, title=f"{variant}: first conv layer filters")
+            data.x_test, data.y_test, predicted, confidence, data.class_names, rows=rows, cols=cols,
+            indices=candidates, title=(f"{variant}: most confused pair, {data.class_names[true_class]} "
+                                       f"predicted as {data.class_names[predicted_class]}"))
+    convolutions = conv_layers(model)
+    if convolutions:
+        kernels = np.asarray(convolutions[0].get_weights()[0])
+        figures["filters.png"] = plots.filters_figure(kernels, title=f"{variant}: first conv layer filters")
         figures["feature_maps.png"] = plots.feature_maps_figure(
-            p.feature_maps, p.images[0],
-            title=f"{variant}: feature maps of test image 0 (label {names[int(p.labels[0])]})")
-    return figures
-
-
-def save_pictures(pictures: Pictures, directory: Path) -> list[Path]:
-    """Draw the evaluation's figures and write them into `directory` (each PNG atomically)."""
-    return [plots.save_figure(figure, Path(directory) / file_name)
-            for file_name, figure in draw_pictures(pictures).items()]
+            feature_maps(model, data.x_test[0]), data.x_test[0],
+            title=f"{variant}: feature maps of test image 0 (label {data.class_names[int(data.y_test[0])]})")
+    return Evaluation(metrics=metrics, per_class=per_class, confusion=matrix, probabilities=probabilities,
+                      figures=figures)
 
 
 def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
@@ -144,8 +108,7 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
 
 def write_evaluation(evaluation: Evaluation, data: PreparedData, history: dict[str, list[float]],
                      root: Path, variant: str) -> list[Path]:
-    """Write the variant's metrics and the CSVs for DVC plots (paths: pipeline/layout.py); the
-    pictures are `save_pictures`' work."""
+    """Write the variant's metrics, CSVs for DVC plots and pictures (paths: pipeline/layout.py)."""
     names = data.class_names
     layout = Layout(root)
     report_dir = layout.evaluation_dir(variant)
@@ -164,11 +127,13 @@ def write_evaluation(evaluation: Evaluation, data: PreparedData, history: dict[s
     written.append(write_text(layout.curves_file(variant), _csv_text(
         ["epoch", *keys], [[epoch + 1, *(round(history[key][epoch], 6) for key in keys)]
                            for epoch in range(epochs)])))
+    for file_name, figure in evaluation.figures.items():
+        written.append(plots.save_figure(figure, report_dir / file_name))
     return written
 
 
 def _score(config: PipelineConfig, name: str, root: Path, data: PreparedData) -> tuple[Any, Evaluation, list[Path]]:
-    """Load a variant's model, score it, write its metrics and CSVs: (trained model, evaluation, files)."""
+    """Load a variant's model, score it, write its reports: (trained model, evaluation, files)."""
     from pipeline.model_files import load_trained
 
     trained = load_trained(Layout(root).model_dir(name))
@@ -198,7 +163,6 @@ def evaluate_variant(config: PipelineConfig, name: str, root: Path, track: bool 
     """
     data = data if data is not None else load_prepared(Layout(root).prepared_dir)
     trained, evaluation, written = _score(config, name, root, data)
-    written += save_pictures(evaluation.pictures, Layout(root).evaluation_dir(name))
     if track:
         _log(config, name, root, trained, data, evaluation.metrics, written, None)
     return evaluation.metrics
@@ -270,7 +234,6 @@ def run_evaluate(config: PipelineConfig, root: Path, variants: list[str] | None 
     results: dict[str, dict[str, float]] = {}
     for number, name in enumerate(chosen, start=1):
         trained, evaluation, written = _score(config, name, root, data)
-        written += save_pictures(evaluation.pictures, layout.evaluation_dir(name))
         results[name] = metrics = evaluation.metrics
         if track:
             _log(config, name, root, trained, data, metrics, written, experiment_id)
