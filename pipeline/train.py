@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import monitor
 from pipeline.checkpoint import WorkDir, backup_bytes, check_backup
 from pipeline.config import PipelineConfig, TrainConfig, Variant
 from pipeline.dataset import PreparedData, load_prepared
@@ -91,7 +92,7 @@ def _seed_augmentation_per_epoch(model: Any, seed: int) -> Any:
 
 
 def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: int | str = "auto",
-                callbacks: Sequence[Any] = ()) -> TrainedModel:
+                callbacks: Sequence[Any] = (), system_metrics: bool = False) -> TrainedModel:
     """Build and fit one variant; resume from `work`'s backup if an earlier run was interrupted.
 
     Args:
@@ -102,6 +103,7 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
             otherwise (logs of DVC in CI, Prefect workers).
         callbacks: more Keras callbacks, called after the fit's own at each epoch end (so the epoch
             is already backed up and in the history when they run), e.g. a tuning trial's pruning.
+        system_metrics: sample the machine's CPU and memory during the fit (pipeline/monitor.py).
 
     Returns:
         The trained model, its history, a text summary, the facts of the training (reproducible:
@@ -148,8 +150,10 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
         verbose = 1 if sys.stdout.isatty() else 2
     started, started_ms = time.perf_counter(), int(time.time() * 1000)
     # One iterator over all epochs' batches (steps_per_epoch given): Keras does not restart it per epoch.
-    fitted = model.fit(train_data, validation_data=val_data, epochs=settings.epochs, steps_per_epoch=steps_per_epoch,
-                       callbacks=all_callbacks, shuffle=False, verbose=verbose)  # the tf.data pipeline shuffles
+    with monitor.SystemMonitor(enabled=system_metrics) as sampler:
+        fitted = model.fit(train_data, validation_data=val_data, epochs=settings.epochs,
+                           steps_per_epoch=steps_per_epoch, callbacks=all_callbacks, shuffle=False,
+                           verbose=verbose)  # the tf.data pipeline shuffles
     seconds = time.perf_counter() - started
     epochs_this_process = len(next(iter(fitted.history.values()), []))
     history = read_history(work.history)
@@ -174,6 +178,7 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
         # The run's start and end in MLflow: the fit's, not the moment it was logged.
         "fit_started_ms": started_ms,
         "fit_ended_ms": started_ms + int(seconds * 1000),
+        **sampler.record(),
     }
     return TrainedModel(model=model, history=history, summary="\n".join(lines), training=training, run=run)
 
@@ -253,7 +258,7 @@ def run_train(config: PipelineConfig, name: str, root: Path, track: bool = True,
         trained.run = read_json(work.run_facts) if work.run_facts.is_file() else {}
     else:
         data = load_prepared(layout.prepared_dir)
-        trained = fit_variant(variant, data, work)
+        trained = fit_variant(variant, data, work, system_metrics=monitor.enabled())
         trained.training.update({"data_version": data_version, "params_hash": variant.params_hash(),
                                  "settings": variant.settings()})
         if variant.train.seeds > 1:
