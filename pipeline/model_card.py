@@ -13,6 +13,21 @@ from pipeline.layout import Layout
 from pipeline.metrics import accuracy_interval
 
 
+def _differences(decision: dict[str, Any]) -> str:
+    """What the challenger does differently from the champion it was gated against (McNemar's counts)."""
+    gate = decision.get("mcnemar")
+    if not gate:
+        return ""
+    champion, challenger = f"v{decision['previous_champion']}", f"v{decision['version']}"
+    return f"""
+## What the challenger does differently
+On the {sum(map(sum, gate['table']))} test images, challenger {challenger} is right where champion {champion} \
+is wrong on **{gate['table'][1][0]}**, and wrong where it is right on **{gate['table'][0][1]}** (McNemar exact \
+p = {gate['p_value']:.4g}). The images, most confident mistakes first, titled `Label X | champion Y | \
+challenger Z`: `registration/disagreement.png` in the MLflow run, `reports/disagreement.png` in the project.
+"""
+
+
 def model_card(root: Path, variant: str, decision: dict[str, Any],
                table: pd.DataFrame) -> str:
     """Render the card of the registered `variant` from the files the earlier stages wrote."""
@@ -64,6 +79,7 @@ Gate: test accuracy >= {decision['min_test_accuracy']}; {comparison}.
 ## Error gallery
 Most confident mistakes on the test split: `evaluation/error_gallery.png` in the MLflow run,
 `reports/evaluation/{variant}/error_gallery.png` in the project.
+{_differences(decision)}
 
 ## All variants
 {to_markdown(table)}

@@ -459,3 +459,61 @@ def save_study_figures(study: Any, directory: Path) -> list[Path]:
         finally:
             plt.close(figure)
     return written
+
+
+def disagreement_figure(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    champion_pred: np.ndarray,
+    champion_confidence: np.ndarray,
+    challenger_pred: np.ndarray,
+    challenger_confidence: np.ndarray,
+    class_names: Sequence[str],
+    champion: str,
+    challenger: str,
+    cols: int = 8,
+    rows: int = 2,
+) -> Figure:
+    """The test images the two models disagree on: McNemar's two discordant counts, as pictures.
+
+    Two sections, each at most rows x cols tiles titled `Label X | champion Y | challenger Z`: the images
+    the challenger gets right and the champion wrong (most confident champion mistakes first), then
+    those the champion gets right and the challenger wrong (most confident challenger mistakes first).
+
+    Args:
+        images: (N, H, W, C) test images.
+        y_true: labels; champion_pred/challenger_pred: each model's predicted class per image.
+        champion_confidence, challenger_confidence: each model's probability of its predicted class.
+        class_names: name of each class index.
+        champion, challenger: how the two models are named in the titles (e.g. "champion v3").
+        cols, rows: the largest grid of each section.
+    """
+    if rows < 1 or cols < 1:
+        raise ValueError(f"rows and cols must be at least 1, got {rows}x{cols}.")
+    y_true, champion_pred = _check_labels(y_true, champion_pred)
+    _, challenger_pred = _check_labels(y_true, challenger_pred)
+    champion_right, challenger_right = champion_pred == y_true, challenger_pred == y_true
+    sections = []
+    for heading, only, confidence in (
+            (f"{challenger} right, {champion} wrong", challenger_right & ~champion_right, champion_confidence),
+            (f"{champion} right, {challenger} wrong", champion_right & ~challenger_right, challenger_confidence)):
+        candidates = np.flatnonzero(only)
+        order = candidates[np.argsort(-np.asarray(confidence, dtype=float)[candidates], kind="stable")]
+        sections.append((heading, len(candidates), [int(index) for index in order[:rows * cols]]))
+    heights = [max(1, math.ceil(len(shown) / cols)) for _, _, shown in sections]
+    figure = Figure(figsize=(2.2 * cols, 2.6 * sum(heights) + 1.4), layout="constrained")
+    subfigures = figure.subfigures(2, 1, height_ratios=heights, squeeze=False).ravel()
+    for subfigure, (heading, count, shown), height in zip(subfigures, sections, heights, strict=True):
+        more = f", the {len(shown)} most confident shown" if count > len(shown) else ""
+        subfigure.suptitle(f"{heading}: {count} image{'' if count == 1 else 's'}{more}", fontsize=11)
+        axes = subfigure.subplots(height, cols, squeeze=False).ravel()
+        for ax, index in zip(axes, shown, strict=False):
+            _show_image(ax, images[index])
+            ax.set_title(f"Label {class_names[y_true[index]]} | champion {class_names[champion_pred[index]]} | "
+                         f"challenger {class_names[challenger_pred[index]]}", fontsize=TITLE_FONT - 2)
+        for ax in axes[len(shown):]:
+            ax.set_axis_off()
+        if not shown:
+            axes[0].text(0.5, 0.5, "none", ha="center", va="center", transform=subfigure.transSubfigure)
+    figure.suptitle(f"Where {challenger} and {champion} disagree on the test split", fontsize=12)
+    return figure

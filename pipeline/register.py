@@ -34,6 +34,7 @@ from pipeline.lineage import file_sha256
 from pipeline.model_files import content_digest, load_model_checked
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+REGISTRATION_ARTIFACTS = "registration"  # where the run of a registered version holds the gate's pictures
 
 
 def mcnemar_exact_p(champion_only: int, challenger_only: int) -> float:
@@ -101,11 +102,16 @@ def promotion_lock(model_name: str, root: Path, timeout_seconds: float = 600) ->
         yield
 
 
-def test_predictions(model_uri: str, expected_sha256: str | None, images: np.ndarray) -> np.ndarray:
-    """Predicted classes of a registered model, loaded as a checked `.keras` file in safe mode."""
+def test_probabilities(model_uri: str, expected_sha256: str | None, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, classes) of a registered model, loaded as a checked `.keras` file in safe mode."""
     with tempfile.TemporaryDirectory() as scratch:
         model = load_model_checked(tracking.download_model_file(model_uri, Path(scratch)), expected_sha256)
-        return np.asarray(model.predict(images, batch_size=512, verbose=0)).argmax(axis=1)
+        return np.asarray(model.predict(images, batch_size=512, verbose=0))
+
+
+def test_predictions(model_uri: str, expected_sha256: str | None, images: np.ndarray) -> np.ndarray:
+    """Predicted classes of a registered model (see `test_probabilities`)."""
+    return test_probabilities(model_uri, expected_sha256, images).argmax(axis=1)
 
 
 def decide(config: PipelineConfig, name: str, version: str, sha256: str, data: Any,
@@ -165,8 +171,9 @@ def gate_and_promote(config: PipelineConfig, root: Path, name: str, version: str
     return decision
 
 
-def evaluated_predictions(root: Path, variant: str, data: Any) -> np.ndarray:
-    """The class indices the evaluate stage predicted for the test split, checked against it."""
+def evaluated_predictions(root: Path, variant: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The class indices the evaluate stage predicted for the test split, checked against it, and the
+    probability of each prediction: (classes, probabilities)."""
     import pandas as pd
 
     path = Layout(root).predictions_file(variant)
@@ -178,7 +185,38 @@ def evaluated_predictions(root: Path, variant: str, data: Any) -> np.ndarray:
     if list(table.get("actual", [])) != expected or not set(table.get("predicted", [])) <= set(index):
         raise RegistryError(f"{path} does not match the test split in data/prepared (stale or edited); "
                          "rerun the evaluate stage: dvc repro -f evaluate")
-    return table["predicted"].map(index).to_numpy(dtype=np.int64)
+    return table["predicted"].map(index).to_numpy(dtype=np.int64), table["probability"].to_numpy(dtype=float)
+
+
+def disagreement_picture(root: Path, decision: dict[str, Any], data: Any, challenger_predicted: np.ndarray,
+                         challenger_confidence: np.ndarray) -> Path | None:
+    """Draw where the challenger and the champion it was gated against disagree (the images behind
+    McNemar's two discordant counts) into reports/disagreement.png; None when there was no comparison.
+
+    The champion is scored again here rather than kept from the gate, so that the gate under the
+    promotion lock stays as short as it can be; both scorings load the same checked file.
+    """
+    from pipeline import plots
+
+    gate, champion = decision.get("mcnemar"), decision.get("previous_champion")
+    path = Layout(root).disagreement_figure
+    if not gate or not champion:
+        path.unlink(missing_ok=True)  # a picture of an earlier comparison would say something untrue
+        return None
+    name = decision["model_name"]
+    probabilities = test_probabilities(f"models:/{name}/{champion}",
+                                       tracking.version_tags(name, champion).get("model_sha256"), data.x_test)
+    champion_predicted = probabilities.argmax(axis=1)
+    champion_only = int(np.sum((champion_predicted == data.y_test) & (challenger_predicted != data.y_test)))
+    challenger_only = int(np.sum((champion_predicted != data.y_test) & (challenger_predicted == data.y_test)))
+    if [champion_only, challenger_only] != [gate["table"][0][1], gate["table"][1][0]]:
+        raise RegistryError(f"champion v{champion} scored differently than at the gate ({champion_only} and "
+                            f"{challenger_only} discordant images, the gate counted {gate['table']})")
+    figure = plots.disagreement_figure(
+        data.x_test, data.y_test, champion_predicted, probabilities.max(axis=1), challenger_predicted,
+        challenger_confidence, data.class_names, champion=f"champion v{champion}",
+        challenger=f"challenger v{decision['version']}")
+    return plots.save_figure(figure, path)
 
 
 def run_register(config: PipelineConfig, root: Path) -> dict[str, Any]:
@@ -197,7 +235,7 @@ def run_register(config: PipelineConfig, root: Path) -> dict[str, Any]:
     training = read_json(layout.training_file(variant))
     metrics = read_json(layout.metrics_file(variant))
     data = load_prepared(layout.prepared_dir)
-    predicted = evaluated_predictions(root, variant, data)
+    predicted, confidence = evaluated_predictions(root, variant, data)
     tracking.setup(root, config.mlflow.experiment_name)
     run = tracking.find_training_run(config.mlflow.experiment_name, training["model_digest"])
     run_tags = tracking.run_tags(run["run_id"])
@@ -221,9 +259,13 @@ def run_register(config: PipelineConfig, root: Path) -> dict[str, Any]:
                      "val_accuracy": metrics["val_accuracy"], "champion": tracking.alias_version(name, CHAMPION),
                      "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **{
                          key: tags[key] for key in ("git_commit", "data_version", "params_hash", "model_sha256")}})
+    picture = disagreement_picture(root, decision, data, predicted, confidence)
+    decision["disagreement_picture"] = None if picture is None else str(picture.relative_to(root))
     card = model_card(root, variant, decision, table)
     tracking.describe_version(name, version, card)
     tracking.log_run_text(run["run_id"], card, "model_card.md")
+    if picture is not None:
+        tracking.log_run_file(run["run_id"], picture, REGISTRATION_ARTIFACTS)
     tracking.log_run_tags(run["run_id"], {"registered_version": version,
                                           "gate": "promoted" if decision["promoted"] else "not promoted"})
     # Written last: the files record only a decision the registry has already taken.

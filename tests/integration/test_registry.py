@@ -190,3 +190,26 @@ def test_predict_cli_classifies_a_folder(registry: Registry, versions: dict, tmp
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(folder / "tiny.png")
     bad = run(["python", "-m", "pipeline", "predict", str(folder)], registry.root, check=False)
     assert bad.returncode == 2 and "tiny.png" in bad.stderr and "expected 28x28" in bad.stderr
+
+
+def test_disagreement_picture_shows_the_gates_discordant_images(registry: Registry, versions: dict) -> None:
+    """The picture is drawn from the champion scored again: its counts must be the gate's, or it fails."""
+    from pipeline.register import disagreement_picture, test_probabilities
+
+    tracking.set_alias(NAME, CHAMPION, versions["weak"][0])
+    decision = {**registry.gate(*versions["strong"]), "model_name": NAME, "version": versions["strong"][0]}
+    assert decision["mcnemar"]["table"][1][0] > 0  # the strong model fixes images the untrained one gets wrong
+    probabilities = test_probabilities(f"models:/{NAME}/{versions['strong'][0]}", versions["strong"][1],
+                                       registry.data.x_test)
+    picture = disagreement_picture(registry.root, decision, registry.data, probabilities.argmax(axis=1),
+                                   probabilities.max(axis=1))
+    assert picture == registry.root / "reports" / "disagreement.png"
+    assert Image.open(picture).size[0] > 800
+    wrong_counts = {**decision, "mcnemar": {**decision["mcnemar"], "table": [[0, 0], [0, 0]]}}
+    with pytest.raises(RegistryError, match="scored differently than at the gate"):
+        disagreement_picture(registry.root, wrong_counts, registry.data, probabilities.argmax(axis=1),
+                             probabilities.max(axis=1))
+    first = {**decision, "mcnemar": None, "previous_champion": None}  # no champion: no comparison to show
+    assert disagreement_picture(registry.root, first, registry.data, probabilities.argmax(axis=1),
+                                probabilities.max(axis=1)) is None
+    assert not picture.exists()

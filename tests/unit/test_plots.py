@@ -241,3 +241,25 @@ def test_class_histogram_figure():
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["train (13)", "test (5)"]
     with pytest.raises(ValueError, match="not in class_names"):
         plots.class_histogram_figure({"train": {"7": 1}}, ["zero", "one", "two"])
+
+
+def test_disagreement_figure_titles_both_directions_most_confident_first() -> None:
+    """Images 0-2: only the challenger right; 3: only the champion right; 4-5: both right; the titles
+    name label, champion and challenger, and each section starts with the most confident mistake."""
+    from pipeline.plots import disagreement_figure
+
+    y_true = np.array([1, 2, 3, 4, 5, 6])
+    champion = np.array([7, 8, 9, 4, 5, 6])
+    challenger = np.array([1, 2, 3, 0, 5, 6])
+    champion_confidence = np.array([0.5, 0.9, 0.7, 0.8, 0.9, 0.9])
+    challenger_confidence = np.array([0.9, 0.9, 0.9, 0.6, 0.9, 0.9])
+    images = np.random.default_rng(0).random((6, 8, 8, 1))
+    figure = disagreement_figure(images, y_true, champion, champion_confidence, challenger, challenger_confidence,
+                                 [str(digit) for digit in range(10)], champion="champion v1",
+                                 challenger="challenger v2", cols=4, rows=1)
+    first, second = figure.subfigs
+    assert first._suptitle.get_text() == "challenger v2 right, champion v1 wrong: 3 images"
+    assert second._suptitle.get_text() == "champion v1 right, challenger v2 wrong: 1 image"
+    titles = [[ax.get_title() for ax in section.axes if ax.get_title()] for section in (first, second)]
+    assert titles == [["Label 2 | champion 8 | challenger 2", "Label 3 | champion 9 | challenger 3",
+                       "Label 1 | champion 7 | challenger 1"], ["Label 4 | champion 4 | challenger 0"]]

@@ -28,8 +28,9 @@ def _write_predictions(root: Path, rows: list[tuple[str, str]]) -> None:
 
 def test_evaluated_predictions_become_class_indices(tmp_path: Path) -> None:
     _write_predictions(tmp_path, [("cat", "dog"), ("owl", "owl"), ("dog", "dog")])
-    predicted = evaluated_predictions(tmp_path, "v", _data([0, 2, 1]))
+    predicted, confidence = evaluated_predictions(tmp_path, "v", _data([0, 2, 1]))
     np.testing.assert_array_equal(predicted, [1, 2, 1])
+    np.testing.assert_array_equal(confidence, [0.9, 0.9, 0.9])
 
 
 @pytest.mark.parametrize("rows", [
