@@ -13,10 +13,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import dvc_sync
 from pipeline import history
 from pipeline.config import PipelineConfig
+from pipeline.evaluate import EVALUATION_ARTIFACTS
 from pipeline.io import read_json
 from pipeline.layout import Layout
+from pipeline.register import REGISTRATION_ARTIFACTS
+from pipeline.tracking import version_run_id
 
 REPORT_KEY = "training-report"
+GALLERY = f"{EVALUATION_ARTIFACTS}/error_gallery.png"  # on each variant's run
+DISAGREEMENT = f"{REGISTRATION_ARTIFACTS}/disagreement.png"  # on the challenger's run (pipeline/register.py)
 
 
 def _images_per_split(root: Path) -> dict[str, int]:
@@ -37,8 +42,9 @@ def _champion(root: Path, decision: dict[str, Any] | None) -> dict[str, Any]:
 
 def trained(root: Path, config: PipelineConfig, rows: list[dict[str, Any]], decision: dict[str, Any] | None,
             before: dict[str, Any], label: str) -> None:
-    """After a retrain: the leaderboard, a report of the data growth next to the gate's decision, a history line."""
-    from pipeline.tracking import run_url
+    """After a retrain: the leaderboard, a report of the data growth next to the gate's decision and its
+    pictures (shown inline from the MLflow server), a history line."""
+    from pipeline.tracking import artifact_url, run_url
 
     after = history.data_snapshot(root)
     create_table_artifact(table=rows, key="leaderboard", description="Variants ranked on validation accuracy")
@@ -48,15 +54,16 @@ def trained(root: Path, config: PipelineConfig, rows: list[dict[str, Any]], deci
         lines.append(f"**{decision['model_name']} v{decision['version']} ({decision['variant']}): "
                      f"{'promoted to champion' if decision['promoted'] else 'stays challenger'}**, "
                      f"{decision['reason']}." + (f" McNemar table {gate['table']}." if gate else ""))
+        lines += ["", *_pictures(root, decision, artifact_url)]
     lines += ["", "## Variants", "", "| variant | val acc | test acc | params | MLflow run | error gallery |",
               "|---|---|---|---|---|---|"]
     for row in rows:
         run = dvc_sync.read_run(root, row["variant"])
         tracked = run is not None and "run_id" in run
         link = f"[run]({run_url(root, config.mlflow.experiment_name, run['run_id'])})" if tracked else "-"
-        gallery = (Layout(root).evaluation_dir(row["variant"]) / "error_gallery.png").as_uri()
+        gallery = f"[gallery]({artifact_url(root, run['run_id'], GALLERY)})" if tracked else "-"
         lines.append(f"| {row['variant']} | {row['val_accuracy']:.4f} | {row['test_accuracy']:.4f} | "
-                     f"{row['params']:,} | {link} | [gallery]({gallery}) |")
+                     f"{row['params']:,} | {link} | {gallery} |")
     create_markdown_artifact(markdown="\n".join(lines) + "\n", key=REPORT_KEY,
                              description="Data growth, the gate's decision, metrics and links of this flow run")
     gate = (decision or {}).get("mcnemar") or {}
@@ -66,6 +73,25 @@ def trained(root: Path, config: PipelineConfig, rows: list[dict[str, Any]], deci
         **_champion(root, decision), "challenger": decision and decision["version"],
         "test_accuracy": decision and decision["test_accuracy"], "p_value": gate.get("p_value"),
         "reason": decision["reason"] if decision else "no registration"})
+
+
+def _pictures(root: Path, decision: dict[str, Any], artifact_url: Any) -> list[str]:
+    """The champion's error gallery and, when the gate compared two models, where they disagree: images
+    the Prefect UI loads from the MLflow server (its artifact URLs; a `file://` link opens nowhere)."""
+    lines = []
+    champion = decision.get("champion")
+    if champion:
+        run_id = (decision["run_id"] if champion == decision["version"]
+                  else version_run_id(decision["model_name"], champion))
+        lines += [f"### Champion v{champion}: most confident mistakes", "",
+                  f"![error gallery of champion v{champion}]({artifact_url(root, run_id, GALLERY)})", ""]
+    if decision.get("disagreement_picture") and decision.get("mcnemar"):
+        table = decision["mcnemar"]["table"]
+        lines += [f"### Where challenger v{decision['version']} and champion v{decision['previous_champion']} "
+                  "disagree", "", f"Challenger right, champion wrong: **{table[1][0]}** images; champion right, "
+                  f"challenger wrong: **{table[0][1]}** (McNemar exact p = {decision['mcnemar']['p_value']:.4g}).",
+                  "", f"![disagreement gallery]({artifact_url(root, decision['run_id'], DISAGREEMENT)})", ""]
+    return lines
 
 
 def nothing_new(root: Path, before: dict[str, Any], label: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from pipeline.layout import Layout
 from pipeline.metrics import score
 from pipeline.models import conv_layers
 
+EVALUATION_ARTIFACTS = "evaluation"  # where a variant's MLflow run holds its reports and pictures
+
 
 @dataclass
 class Evaluation:
@@ -108,13 +110,14 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
 
 def write_evaluation(evaluation: Evaluation, data: PreparedData, history: dict[str, list[float]],
                      root: Path, variant: str) -> list[Path]:
-    """Write the variant's metrics, CSVs for DVC plots and pictures (paths: pipeline/layout.py)."""
+    """Write the variant's metrics, CSVs for DVC plots and pictures (paths: pipeline/layout.py); the
+    pictures alone in its evaluation directory, which DVC shows as image plots."""
     names = data.class_names
     layout = Layout(root)
     report_dir = layout.evaluation_dir(variant)
     written = [write_json(layout.metrics_file(variant), evaluation.metrics),
-               write_json(report_dir / "per_class.json", evaluation.per_class)]
-    written.append(write_text(report_dir / "confusion_matrix.csv", _csv_text(
+               write_json(layout.per_class_file(variant), evaluation.per_class)]
+    written.append(write_text(layout.confusion_file(variant), _csv_text(
         ["true \\ predicted", *names],
         [[name, *map(int, row)] for name, row in zip(names, evaluation.confusion, strict=True)])))
     predicted = evaluation.probabilities.argmax(axis=1)
@@ -152,7 +155,7 @@ def _log(config: PipelineConfig, name: str, root: Path, trained: Any, data: Prep
             f"{layout.evaluation_dir(name)}; rerun the evaluate stage to log them)")
     with tracking.outage_reported(root, kept):
         run_id = training_run_id(config, name, root, trained, data, experiment_id)
-        tracking.log_evaluation(run_id, metrics, files, artifact_dir="evaluation")
+        tracking.log_evaluation(run_id, metrics, files, artifact_dir=EVALUATION_ARTIFACTS)
 
 
 def evaluate_variant(config: PipelineConfig, name: str, root: Path, track: bool = True,
@@ -194,7 +197,7 @@ def training_run_id(config: PipelineConfig, name: str, root: Path, trained: Any,
         logged = tracking.newest_training_run(config.mlflow.experiment_name, digest)
     if logged is None:
         trained.run = {key: record[key] for key in ("train_seconds", "images_per_second", "fit_started_ms",
-                                                    "fit_ended_ms") if record.get(key) is not None}
+                                                    "fit_ended_ms", "system_metrics") if record.get(key) is not None}
         data_version = trained.training["data_version"]
         datasets = [tracking.DatasetRecord(name=f"{split} ({labels.size:,} images)", digest=data_version,
                                            source=str(layout.prepared_dir.relative_to(root)), context=context,

@@ -4,7 +4,8 @@
     data/raw/, data/prepared/                 ingest, prepare (DVC-cached)
     reports/data/                             ingest, prepare: reports and pictures of the data
     models/<variant>/                         train@<variant> (DVC-cached; byte-reproducible)
-    reports/evaluation/<variant>/             evaluate: pictures, per-class scores, confusion matrix CSV
+    reports/evaluation/<variant>/             evaluate: pictures only (DVC image plots: `dvc plots diff`)
+    reports/scores/<variant>/                 evaluate: per-class scores, confusion matrix CSV
     reports/metrics/<variant>.json            evaluate: test metrics (`dvc metrics show`)
     reports/predictions/<variant>.csv         evaluate: test predictions (`dvc plots show`, confusion)
     reports/curves/<variant>.csv              evaluate: learning curves (`dvc plots show`)
@@ -105,8 +106,23 @@ class Layout:
         return self.root / ".cache" / "tracking" / f"{variant}.run_id"
 
     # ------------------------------------------------------------------ evaluation
+    @property
+    def pictures_dir(self) -> Path:
+        """Every variant's evaluation pictures and nothing else: dvc.yaml declares it as image plots."""
+        return self.root / "reports" / "evaluation"
+
     def evaluation_dir(self, variant: str) -> Path:
-        return self.root / "reports" / "evaluation" / variant
+        return self.pictures_dir / variant
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.root / "reports" / "scores"
+
+    def per_class_file(self, variant: str) -> Path:
+        return self.scores_dir / variant / "per_class.json"
+
+    def confusion_file(self, variant: str) -> Path:
+        return self.scores_dir / variant / "confusion_matrix.csv"
 
     @property
     def metrics_dir(self) -> Path:
@@ -147,6 +163,11 @@ class Layout:
         return self.root / "reports" / "model_card.md"
 
     @property
+    def disagreement_figure(self) -> Path:
+        """The test images the last registered challenger and the champion it was gated against disagree on."""
+        return self.root / "reports" / "disagreement.png"
+
+    @property
     def champion_history(self) -> Path:
         """The champion history: a line per decision of the scheduled flow (this machine's)."""
         return self.root / "reports" / "history.jsonl"
@@ -179,7 +200,7 @@ class Layout:
             "ingest": [self.raw_dir, self.ingest_report, self.samples_figure],
             "prepare": [self.prepared_dir, self.prepare_report, self.class_histogram_figure],
             **{f"train@{variant}": [self.model_dir(variant)] for variant in variants},
-            "evaluate": [self.root / "reports" / "evaluation", self.metrics_dir, self.predictions_dir,
+            "evaluate": [self.pictures_dir, self.scores_dir, self.metrics_dir, self.predictions_dir,
                          self.curves_dir],
             "compare": [self.leaderboard_md, self.leaderboard_csv],
             "register": [],

@@ -289,6 +289,10 @@ def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel
                    for name, values in trained.history.items() for step, value in enumerate(values, start=1)]
         metrics += [Metric(name, float(trained.run[name]), timestamp, 0)
                     for name in ("train_seconds", "images_per_second") if trained.run.get(name) is not None]
+        # Sampled during the fit (pipeline/monitor.py), at their own times: the UI's System metrics tab.
+        metrics += [Metric(name, float(value), sample["timestamp_ms"], step)
+                    for step, sample in enumerate(trained.run.get("system_metrics", []))
+                    for name, value in sample.items() if name != "timestamp_ms"]
         # MlflowClient.log_batch splits into the server's limits (100 params, 1000 metrics per request).
         client.log_batch(run_id, metrics=metrics, params=[Param(key, value) for key, value in params.items()])
         mlflow.log_dict(resolved, "config/params.json")
@@ -494,6 +498,13 @@ def version_tags(name: str, version: str) -> dict[str, str]:
     return dict(mlflow.MlflowClient().get_model_version(name, version).tags)
 
 
+def version_run_id(name: str, version: str) -> str:
+    """The MLflow run a registered version was made from."""
+    import mlflow
+
+    return mlflow.MlflowClient().get_model_version(name, version).run_id
+
+
 @store_call("tagging a model version")
 def set_version_tag(name: str, version: str, key: str, value: str) -> None:
     import mlflow
@@ -513,6 +524,13 @@ def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
     import mlflow
 
     mlflow.MlflowClient().log_text(run_id, text, artifact_file)
+
+
+@store_call("adding a file to a run")
+def log_run_file(run_id: str, path: Path, artifact_dir: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_dir)
 
 
 def run_tags(run_id: str) -> dict[str, str]:
@@ -542,16 +560,30 @@ def download_model_file(model_uri: str, destination: Path) -> Path:
     return candidates[0]
 
 
+def _ui_base(root: str | Path) -> str:
+    """Where a browser finds the MLflow UI: $MLFLOW_UI_URL, the tracking server, or `make mlflow-ui`."""
+    uri = tracking_uri(root)
+    return (os.environ.get("MLFLOW_UI_URL") or (uri if uri.startswith("http") else "http://127.0.0.1:5000")).rstrip("/")
+
+
+def artifact_url(root: str | Path, run_id: str, artifact_path: str) -> str:
+    """A URL a browser can load one of a run's files from: the MLflow server's own artifact endpoint (the
+    one its UI shows pictures with), so a page elsewhere (a Prefect artifact) can show the picture inline."""
+    from urllib.parse import urlencode
+
+    return f"{_ui_base(root)}/get-artifact?{urlencode({'path': artifact_path, 'run_uuid': run_id})}"
+
+
 def run_url(root: str | Path, experiment_name: str, run_id: str) -> str:
     """A link to a run in the MLflow UI ($MLFLOW_UI_URL, the tracking server, or `make mlflow-ui`)."""
     import mlflow
 
     uri = tracking_uri(root)
-    base = os.environ.get("MLFLOW_UI_URL") or (uri if uri.startswith("http") else "http://127.0.0.1:5000")
+    base = _ui_base(root)
     _use(uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     experiment_id = experiment.experiment_id if experiment else "0"
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def find_version(name: str, run_id: str) -> str | None:

@@ -146,7 +146,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         **base_env(),
         **databases,
         "STACK_STATE_DIR": str(state_dir),
-        "STACK_PREFECT_UI": "false",  # not exercised here; skipping its static build saves seconds
+        "STACK_PREFECT_UI": "true",  # tests/integration/test_prefect_ui.py opens the training report in it
         "MLFLOW_PORT": str(mlflow_port),
         "PREFECT_PORT": str(prefect_port),
         "MLFLOW_ADMIN_PASSWORD": admin_password,

@@ -6,6 +6,7 @@ One module-scoped run (the slow part) is shared by the assertions below.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -37,10 +38,13 @@ def test_every_report_is_written(reproduced: Path) -> None:
     for name in ("ingest.json", "prepare.json", "samples.png", "class_histogram.png"):
         assert (reproduced / "reports" / "data" / name).is_file(), name
     for variant in TINY_VARIANTS:
-        for name in ("error_gallery.png", "confused_pair_gallery.png", "confusion_matrix.png",
-                     "confusion_matrix.csv", "learning_curves.png", "filters.png", "feature_maps.png",
-                     "per_class.json"):
-            assert (reproduced / "reports" / "evaluation" / variant / name).is_file(), f"{variant}/{name}"
+        pictures = {"error_gallery.png", "confused_pair_gallery.png", "confusion_matrix.png", "learning_curves.png",
+                    "filters.png", "feature_maps.png"}
+        # only pictures: the directory is DVC's image plots
+        assert pictures <= {path.name for path in (reproduced / "reports" / "evaluation" / variant).iterdir()}
+        assert {path.suffix for path in (reproduced / "reports" / "evaluation" / variant).iterdir()} == {".png"}
+        for name in ("confusion_matrix.csv", "per_class.json"):
+            assert (reproduced / "reports" / "scores" / variant / name).is_file(), f"{variant}/{name}"
         metrics = json.loads((reproduced / "reports" / "metrics" / f"{variant}.json").read_text())
         assert 0.1 < metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
         assert (reproduced / "reports" / "curves" / f"{variant}.csv").read_text().startswith("epoch,")
@@ -67,6 +71,9 @@ def test_mlflow_runs_have_params_metrics_tags_and_a_loadable_model(reproduced: P
         history = tracking.get_metric_history(finished.info.run_id, "epoch_val_accuracy")
         assert [metric.step for metric in history] == [1]
         assert "test_accuracy" in finished.data.metrics
+        cpu = tracking.get_metric_history(finished.info.run_id, "system/cpu_utilization_percentage")
+        assert cpu and all(finished.info.start_time <= sample.timestamp <= finished.info.end_time + 1000
+                           for sample in cpu)  # sampled during the fit (PIPELINE_SYSTEM_METRICS is on)
         record = json.loads(Layout(reproduced).run_record(variant).read_text())
         logged = mlflow.pyfunc.load_model(record["model_uri"])
         saved = load_model_checked(reproduced / "models" / variant / "model.keras")
@@ -143,6 +150,24 @@ def test_one_variant_change_reruns_only_that_variant(reproduced: Path) -> None:
     assert len(tracking.search_runs([experiment.experiment_id])) == before + 1
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], reproduced).stdout
     assert "models.three_conv.train.optimizer" in shown and "reports/metrics/three_conv.json:test_accuracy" in shown
+
+
+def test_plots_diff_shows_each_revisions_gallery_side_by_side(reproduced: Path, tmp_path: Path) -> None:
+    """`dvc plots diff HEAD <experiment>` on the experiment of the test above (three_conv retrained with
+    adam): the page holds both revisions' error gallery of three_conv, as two different images."""
+    experiments = run(["dvc", "exp", "list", "--name-only"], reproduced).stdout.split()
+    assert experiments, "the experiment of test_one_variant_change_reruns_only_that_variant"
+    gallery = "reports/evaluation/three_conv/error_gallery.png"
+    out = tmp_path / "diff"
+    run(["dvc", "plots", "diff", "HEAD", experiments[-1], "--targets", gallery, "-o", str(out)], reproduced)
+    page = (out / "index.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 2, page[:2000]
+    shown = [out / source if not Path(source).is_absolute() else Path(source) for source in sources]
+    assert all(picture.is_file() for picture in shown), sources
+    assert shown[0].read_bytes() != shown[1].read_bytes()  # adam's model errs on other images
+    for revision in ("HEAD", experiments[-1]):
+        assert revision in page
 
 
 def test_push_then_pull_into_a_fresh_clone(reproduced: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import re
 import socket
 import threading
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import requests
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
@@ -17,6 +19,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.training import IO_RETRIES, training_flow
 from pipeline.tracking import check_server
 from tests.conftest import TINY_VARIANTS, make_project, run
+from tests.reliability.faults import free_port, mlflow_server_command, running, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +63,26 @@ def test_flow_matches_dvc_and_tags_runs(harness: None, tmp_path: Path) -> None:
     artifacts = asyncio.run(artifacts_of(flow_run_id))
     assert {"leaderboard", "training-report"} <= set(artifacts)
     report = artifacts["training-report"].data
-    assert "#/experiments/" in report and "error_gallery.png" in report and "## Decision" in report
+    assert "#/experiments/" in report and "## Decision" in report and "file://" not in report
     assert "| added |" in report and "mnist-cnn v1" in report  # the data growth next to the decision
+    _champion_gallery_loads_from_an_mlflow_server(project, report, registered)
+
+
+def _champion_gallery_loads_from_an_mlflow_server(project: Path, report: str, registered: object) -> None:
+    """The report shows the champion's error gallery inline, from the MLflow server's artifact URL: a real
+    `mlflow server` on this project's store answers that URL with the very PNG the evaluate stage drew."""
+    found = re.search(r"!\[error gallery of champion v1\]\((http://[^/]+)(/get-artifact\?[^)]+)\)", report)
+    assert found, report
+    assert f"run_uuid={registered.run_id}" in found.group(2)
+    port = free_port()
+    log = project / "mlflow-server.log"
+    command = mlflow_server_command(f"sqlite:///{project / 'mlflow.db'}", project / "served", port)
+    with running(command, project, log) as server:
+        wait_healthy(f"http://127.0.0.1:{port}/health", server, log)
+        picture = requests.get(f"http://127.0.0.1:{port}{found.group(2)}", timeout=30)
+    assert picture.status_code == 200, picture.text[:500]
+    variant = registered.tags["variant"]
+    assert picture.content == (project / "reports" / "evaluation" / variant / "error_gallery.png").read_bytes()
 
 
 def test_transient_io_failure_is_retried(harness: None) -> None:

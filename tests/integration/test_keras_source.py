@@ -55,6 +55,6 @@ def test_fashion_mnist_from_a_seeded_keras_cache_through_the_pipeline(tmp_path: 
         rows = list(csv.DictReader(handle))
     assert len(rows) == 120 and {row["actual"] for row in rows} <= set(FASHION_MNIST_CLASSES)
     assert "Ankle boot" in {row["actual"] for row in rows}
-    per_class = json.loads((project / "reports" / "evaluation" / "three_conv" / "per_class.json").read_text())
+    per_class = json.loads((project / "reports" / "scores" / "three_conv" / "per_class.json").read_text())
     assert sorted(per_class) == sorted(FASHION_MNIST_CLASSES)
     assert (project / "reports" / "evaluation" / "three_conv" / "error_gallery.png").stat().st_size > 0
