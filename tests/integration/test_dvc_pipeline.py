@@ -37,9 +37,9 @@ def test_every_report_is_written(reproduced: Path) -> None:
     for name in ("ingest.json", "prepare.json", "samples.png", "class_histogram.png"):
         assert (reproduced / "reports" / "data" / name).is_file(), name
     for variant in TINY_VARIANTS:
-        for name in ("error_gallery.png", "confused_pair_gallery.png", "confusion_matrix.png",
-                     "confusion_matrix.csv", "learning_curves.png", "filters.png", "feature_maps.png",
-                     "per_class.json"):
+        for name in ("error_gallery.png", "error_gallery_gradcam.png", "confused_pair_gallery.png",
+                     "confusion_matrix.png", "confusion_matrix.csv", "learning_curves.png", "filters.png",
+                     "feature_maps.png", "per_class.json"):
             assert (reproduced / "reports" / "evaluation" / variant / name).is_file(), f"{variant}/{name}"
         metrics = json.loads((reproduced / "reports" / "metrics" / f"{variant}.json").read_text())
         assert 0.1 < metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
