@@ -1,4 +1,4 @@
-"""The `evaluate` stage: test metrics, confusion matrix, curves, error galleries, filters.
+"""The `evaluate` stage: test metrics, confusion matrix, curves, error galleries, Grad-CAM, filters.
 
 `evaluate_model()` computes (returns dicts and figures); `write_evaluation()` is the file edge.
 """
@@ -17,6 +17,7 @@ from sklearn.metrics import confusion_matrix
 from pipeline import plots
 from pipeline.config import EvaluateConfig, PipelineConfig
 from pipeline.dataset import PreparedData, load_prepared
+from pipeline.gradcam import class_activation_maps
 from pipeline.io import read_json, write_json, write_text
 from pipeline.layout import Layout
 from pipeline.metrics import score
@@ -74,8 +75,8 @@ def evaluate_model(model: Any, data: PreparedData, history: dict[str, list[float
     matrix = confusion_matrix(data.y_test, predicted, labels=list(range(data.num_classes)))
     confidence = probabilities[np.arange(len(predicted)), predicted]
     rows, cols = config.gallery_rows, config.gallery_cols
-    gallery, _ = plots.error_gallery(data.x_test, data.y_test, predicted, confidence, data.class_names,
-                                     rows=rows, cols=cols, title=f"{variant}: most confident mistakes")
+    gallery, shown = plots.error_gallery(data.x_test, data.y_test, predicted, confidence, data.class_names,
+                                         rows=rows, cols=cols, title=f"{variant}: most confident mistakes")
     figures = {
         "error_gallery.png": gallery,
         "confusion_matrix.png": plots.confusion_matrix_figure(matrix, data.class_names),
@@ -92,6 +93,11 @@ def evaluate_model(model: Any, data: PreparedData, history: dict[str, list[float
     convolutions = conv_layers(model)
     if convolutions:
         kernels = np.asarray(convolutions[0].get_weights()[0])
+        # The gallery's own tiles, so each heat map sits under the same title as its digit there.
+        heat = class_activation_maps(model, data.x_test[shown], predicted[shown])
+        figures["error_gallery_gradcam.png"] = plots.gradcam_gallery(
+            data.x_test, heat, shown, data.y_test, predicted, confidence, data.class_names, cols=cols,
+            title=f"{variant}: Grad-CAM of the predicted class on the most confident mistakes")
         figures["filters.png"] = plots.filters_figure(kernels, title=f"{variant}: first conv layer filters")
         figures["feature_maps.png"] = plots.feature_maps_figure(
             feature_maps(model, data.x_test[0]), data.x_test[0],

@@ -4,14 +4,14 @@ Figures are built as `matplotlib.figure.Figure` objects, never through pyplot's 
 building them is thread-safe and needs no display; `save_figure` renders PNGs with Agg. Images are
 numpy arrays shaped (N, H, W, C), C = 1 (grayscale) or 3 (RGB), float in [0, 1] or uint8 in [0, 255].
 
-Longer than the project's other modules (about 460 lines) on purpose: it is the one place for every
+Longer than the project's other modules (about 540 lines) on purpose: it is the one place for every
 figure, each a function that can be read alone, sharing the image and label helpers at the top.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,36 @@ def _placeholder(text: str, title: str) -> Figure:
     return figure
 
 
+def _tile_title(index: int, y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray,
+                class_names: Sequence[str]) -> str:
+    return (f"Label {class_names[y_true[index]]} | Predict {class_names[y_pred[index]]}\n"
+            f"p={confidence[index]:.2f}")
+
+
+def _tile_figure(shown: Sequence[int], cols: int, title: str, tile_title: Callable[[int], str],
+                 draw_tile: Callable[[Axes, int, int], None]) -> Figure:
+    """One tile per sample in `shown`, `cols` per row, each titled `tile_title(sample)`; the galleries'
+    shared layout, so that a gallery and its Grad-CAM twin put the same image under the same title.
+
+    Args:
+        shown: dataset indices, in grid order (at least one).
+        cols: tiles per row; wholly empty rows are dropped.
+        title: figure title.
+        tile_title: dataset index -> the tile's title.
+        draw_tile: draws (axes, position in `shown`, dataset index).
+    """
+    used_rows = math.ceil(len(shown) / cols)  # drop wholly empty rows; a mostly blank PNG helps no one
+    figure = Figure(figsize=(2.2 * cols, 2.5 * used_rows + 0.6), layout="constrained")
+    axes = figure.subplots(used_rows, cols, squeeze=False).ravel()
+    for position, (ax, index) in enumerate(zip(axes, shown, strict=False)):
+        draw_tile(ax, position, index)
+        ax.set_title(tile_title(index), fontsize=TITLE_FONT)
+    for ax in axes[len(shown):]:
+        ax.set_axis_off()
+    figure.suptitle(title, fontsize=11)
+    return figure
+
+
 def error_gallery(
     images: np.ndarray,
     y_true: np.ndarray,
@@ -146,12 +176,7 @@ def error_gallery(
     """
     if rows < 1 or cols < 1:
         raise ValueError(f"rows and cols must be at least 1, got {rows}x{cols}.")
-    y_true, y_pred = _check_labels(y_true, y_pred)
-    confidence = np.asarray(confidence, dtype=float)
-    if len(images) != len(y_true):
-        raise ValueError(f"images ({len(images)}) and y_true ({len(y_true)}) must have the same length.")
-    if max(np.max(y_true, initial=0), np.max(y_pred, initial=0)) >= len(class_names):
-        raise ValueError(f"A label is outside class_names ({len(class_names)} names).")
+    y_true, y_pred, confidence = _check_gallery(images, y_true, y_pred, confidence, class_names)
     mistakes = select_mistakes(y_true, y_pred, confidence)
     population = len(y_true)
     if indices is not None:
@@ -167,20 +192,75 @@ def error_gallery(
         summary = f"{len(shown)} misclassified of {population} test images (fewer than {cells} cells)"
     else:
         summary = f"{cells} most confident of {len(mistakes)} misclassified among {population} test images"
-    used_rows = math.ceil(len(shown) / cols)  # drop wholly empty rows; a mostly blank PNG helps no one
-    figure = Figure(figsize=(2.2 * cols, 2.5 * used_rows + 0.6), layout="constrained")
-    axes = figure.subplots(used_rows, cols, squeeze=False).ravel()
-    for ax, index in zip(axes, shown, strict=False):
-        _show_image(ax, images[index])
-        ax.set_title(
-            f"Label {class_names[y_true[index]]} | Predict {class_names[y_pred[index]]}\n"
-            f"p={confidence[index]:.2f}",
-            fontsize=TITLE_FONT,
-        )
-    for ax in axes[len(shown) :]:
-        ax.set_axis_off()
-    figure.suptitle(f"{title}\n{summary}", fontsize=11)
+    figure = _tile_figure(shown, cols, f"{title}\n{summary}",
+                          lambda index: _tile_title(index, y_true, y_pred, confidence, class_names),
+                          lambda ax, _, index: _show_image(ax, images[index]))
     return figure, shown
+
+
+def _check_gallery(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray,
+                   class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    confidence = np.asarray(confidence, dtype=float)
+    if len(images) != len(y_true):
+        raise ValueError(f"images ({len(images)}) and y_true ({len(y_true)}) must have the same length.")
+    if max(np.max(y_true, initial=0), np.max(y_pred, initial=0)) >= len(class_names):
+        raise ValueError(f"A label is outside class_names ({len(class_names)} names).")
+    return y_true, y_pred, confidence
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1] of an (H, W, 1) or (H, W, 3) image, float or uint8 (RGB: the channel mean)."""
+    image = np.asarray(image, dtype=float) / (255.0 if np.asarray(image).dtype == np.uint8 else 1.0)
+    return image.mean(axis=-1) if image.ndim == 3 else image
+
+
+def gradcam_gallery(
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    shown: Sequence[int],
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    confidence: np.ndarray,
+    class_names: Sequence[str],
+    cols: int = 4,
+    title: str = "Grad-CAM of the predicted class",
+    alpha: float = 0.45,
+) -> Figure:
+    """The tiles of an `error_gallery` (same samples, order and titles), each grey image under its
+    class-activation heat map ('jet': blue cold, red hot, on a fixed 0..1 scale).
+
+    Args:
+        images: (N, H, W, C) images, as given to `error_gallery`.
+        heatmaps: (len(shown), H, W) heat in [0, 1], one per shown sample, in `shown`'s order.
+        shown: the dataset indices `error_gallery` returned.
+        y_true, y_pred, confidence, class_names: as given to `error_gallery`, for the titles.
+        cols: tiles per row (the gallery's).
+        title: figure title.
+        alpha: opacity of the heat over the image.
+
+    Returns:
+        The figure; a placeholder when `shown` is empty.
+    """
+    if cols < 1:
+        raise ValueError(f"cols must be at least 1, got {cols}.")
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must lie in (0, 1], got {alpha}.")
+    y_true, y_pred, confidence = _check_gallery(images, y_true, y_pred, confidence, class_names)
+    shown = [int(index) for index in shown]
+    heatmaps = np.asarray(heatmaps, dtype=float)
+    expected = (len(shown), *np.asarray(images).shape[1:3])
+    if heatmaps.shape != expected:
+        raise ValueError(f"heatmaps must be shaped {expected} (one per shown image), got {heatmaps.shape}.")
+    if not shown:
+        return _placeholder("No misclassified images, so no heat maps", title)
+
+    def draw(ax: Axes, position: int, index: int) -> None:
+        _show_image(ax, _grey(images[index]))
+        ax.imshow(heatmaps[position], cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear")
+
+    return _tile_figure(shown, cols, f"{title}\nred: where the last convolution saw the predicted class",
+                        lambda index: _tile_title(index, y_true, y_pred, confidence, class_names), draw)
 
 
 def confusion_matrix_figure(

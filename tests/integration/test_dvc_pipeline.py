@@ -38,8 +38,8 @@ def test_every_report_is_written(reproduced: Path) -> None:
     for name in ("ingest.json", "prepare.json", "samples.png", "class_histogram.png"):
         assert (reproduced / "reports" / "data" / name).is_file(), name
     for variant in TINY_VARIANTS:
-        pictures = {"error_gallery.png", "confused_pair_gallery.png", "confusion_matrix.png", "learning_curves.png",
-                    "filters.png", "feature_maps.png"}
+        pictures = {"error_gallery.png", "error_gallery_gradcam.png", "confused_pair_gallery.png",
+                    "confusion_matrix.png", "learning_curves.png", "filters.png", "feature_maps.png"}
         # only pictures: the directory is DVC's image plots
         assert pictures <= {path.name for path in (reproduced / "reports" / "evaluation" / variant).iterdir()}
         assert {path.suffix for path in (reproduced / "reports" / "evaluation" / variant).iterdir()} == {".png"}

@@ -123,6 +123,42 @@ def test_error_gallery_rgb_uint8(predictions):
     assert image.get_clim() == (0, 255)
 
 
+
+def test_gradcam_gallery_has_the_error_gallery_tiles_and_titles(predictions):
+    images, y_true, y_pred, confidence, _ = predictions
+    gallery, shown = plots.error_gallery(images, y_true, y_pred, confidence, FASHION, rows=2, cols=3)
+    heatmaps = np.random.default_rng(2).uniform(0, 1, (len(shown), 8, 8))
+    figure = plots.gradcam_gallery(images, heatmaps, shown, y_true, y_pred, confidence, FASHION, cols=3)
+    tiles, gallery_tiles = image_axes(figure), image_axes(gallery)
+    assert [ax.get_title() for ax in tiles] == [ax.get_title() for ax in gallery_tiles]
+    assert [ax.get_subplotspec().get_geometry() for ax in tiles] == [
+        ax.get_subplotspec().get_geometry() for ax in gallery_tiles]
+    for ax, heat, index in zip(tiles, heatmaps, shown, strict=True):
+        digit, overlay = ax.images
+        np.testing.assert_array_equal(digit.get_array(), images[index, ..., 0])
+        assert digit.get_cmap().name == "gray"
+        np.testing.assert_array_equal(overlay.get_array(), heat)
+        assert overlay.get_cmap().name == "jet" and overlay.get_clim() == (0, 1) and overlay.get_alpha() == 0.45
+
+
+def test_gradcam_gallery_rgb_shows_grey_and_rejects_mismatched_heat(predictions):
+    _, y_true, y_pred, confidence, expected = predictions
+    images = np.random.default_rng(1).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    figure = plots.gradcam_gallery(images, np.zeros((2, 8, 8)), expected[:2], y_true, y_pred, confidence,
+                                   FASHION)
+    digit = image_axes(figure)[0].images[0]
+    np.testing.assert_allclose(digit.get_array(), images[expected[0]].mean(axis=-1) / 255)
+    with pytest.raises(ValueError, match=r"heatmaps must be shaped \(2, 8, 8\)"):
+        plots.gradcam_gallery(images, np.zeros((3, 8, 8)), expected[:2], y_true, y_pred, confidence, FASHION)
+
+
+def test_gradcam_gallery_placeholder_without_tiles(predictions):
+    images, y_true, _, confidence, _ = predictions
+    figure = plots.gradcam_gallery(images, np.zeros((0, 8, 8)), [], y_true, y_true, confidence, FASHION)
+    assert not image_axes(figure)
+    assert [text.get_text() for ax in figure.axes for text in ax.texts] == ["No misclassified images, so no heat maps"]
+
+
 def test_confusion_matrix_figure_counts_and_long_names():
     matrix = np.arange(100).reshape(10, 10)
     figure = plots.confusion_matrix_figure(matrix, FASHION)

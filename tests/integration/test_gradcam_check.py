@@ -1,0 +1,64 @@
+"""Grad-CAM checked, not just drawn: on digits a trained model gets right, the heat lies on the stroke.
+
+Trained for real (three epochs on the 868 training images of a 1,200-image sample of the bundled
+data), then, on the correctly classified test digits, the mean heat on stroke pixels (value > 0.5) is
+compared with the mean on background pixels (value < 0.1). Measured (seed 42): three_conv 83% of
+the digits (heat from its last Conv2D, 3x3), relu_layers 64% (from the ReLU after its last Conv2D,
+8x8). The thresholds leave about 10 points of margin.
+
+What this does and does not show: the heat is aligned with the image and not inverted. Untrained
+models (random weights, seeds 0-2, 300 test digits) also put more heat on the stroke, on 71-91% of
+the digits (ink drives any ReLU feature map), so passing it does not show the model learned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_params
+from pipeline.dataset import PreparedData, load_prepared
+from pipeline.gradcam import class_activation_maps
+from pipeline.ingest import run_ingest
+from pipeline.prepare import run_prepare
+from tests.conftest import fit, make_project, tiny_params
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = ("three_conv", "relu_layers")
+THRESHOLDS = {"three_conv": 0.7, "relu_layers": 0.55}  # measured 0.83 and 0.64
+
+
+def stroke_wins(heat: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Per image: is the mean heat on the stroke (pixel > 0.5) above the mean on the background (< 0.1)?"""
+    pixels = images[..., 0]
+    stroke = np.array([map_[image > 0.5].mean() for map_, image in zip(heat, pixels, strict=True)])
+    background = np.array([map_[image < 0.1].mean() for map_, image in zip(heat, pixels, strict=True)])
+    return stroke > background
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PreparedData]:
+    params = tiny_params(VARIANTS)
+    params["data"]["max_images"] = 1200
+    params["train"]["epochs"] = 3
+    project = make_project(tmp_path_factory.mktemp("gradcam") / "project", params)
+    config = load_params(project / "params.yaml")
+    run_ingest(config, project)
+    run_prepare(config, project)
+    return project, load_prepared(project / "data" / "prepared")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_heat_lies_on_the_stroke_of_correct_digits(prepared: tuple[Path, PreparedData], variant: str,
+                                                   tmp_path: Path) -> None:
+    project, data = prepared
+    model = fit(load_params(project / "params.yaml"), variant, data, tmp_path / "work").model
+    predicted = model.predict(data.x_test, verbose=0).argmax(axis=1)
+    correct = data.x_test[predicted == data.y_test]
+    assert len(correct) > 100  # enough digits for the share below to mean something
+    share = stroke_wins(class_activation_maps(model, correct), correct).mean()
+    print(f"{variant}: stroke above background on {share:.1%} of {len(correct)} correct test digits")
+    assert share >= THRESHOLDS[variant], f"{variant}: {share:.1%} < {THRESHOLDS[variant]:.0%}"
