@@ -4,6 +4,9 @@ MLflow records system metrics from a thread bound to an active run, but the trai
 (the evaluate stage logs it, pipeline/evaluate.py). So the train stage samples with psutil, the library
 MLflow's own monitor uses, into the run record, under MLflow's metric names; the evaluate stage logs
 the samples with their timestamps, and the run's "System metrics" tab in the MLflow UI draws them.
+The names are MLflow's but for the memory ones, shortened from `system/system_memory_usage_...`: in
+MLflow 3.17's compare view a name that long wraps, and the column of names then no longer lines up with
+the column of values (test_accuracy showed another metric's value; tests/integration/test_mlflow_ui.py).
 
 On by default: sampling once a second costs the fit about 1 ms of CPU per minute (the run record keeps
 the sampler's own CPU seconds as `system_metrics_cpu_seconds`; benchmarks/results.md). Turn it off
@@ -32,7 +35,8 @@ class SystemMonitor:
     """Sample CPU utilisation and memory every `interval` seconds while the `with` block runs.
 
     `samples` holds one dict per sample: the time (`timestamp_ms`) and MLflow's system metric names
-    (`system/cpu_utilization_percentage`, ...); `cpu_seconds` is what the sampling itself cost.
+    (`system/cpu_utilization_percentage`, `system/memory_usage_megabytes`, `system/memory_usage_percentage`);
+    `cpu_seconds` is what the sampling itself cost.
     """
 
     def __init__(self, interval: float = 1.0, enabled: bool = True) -> None:
@@ -56,8 +60,8 @@ class SystemMonitor:
             self.samples.append({
                 "timestamp_ms": int(time.time() * 1000),
                 "system/cpu_utilization_percentage": psutil.cpu_percent(interval=None),
-                "system/system_memory_usage_megabytes": round((memory.total - memory.available) / 2**20, 1),
-                "system/system_memory_usage_percentage": memory.percent,
+                "system/memory_usage_megabytes": round((memory.total - memory.available) / 2**20, 1),
+                "system/memory_usage_percentage": memory.percent,
             })
         self.cpu_seconds = time.thread_time() - started
 

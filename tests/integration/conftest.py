@@ -192,7 +192,11 @@ class StackTraining:
 @pytest.fixture(scope="session")
 def stack_training(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> StackTraining:
     """`python -m flows.training` in a fresh project copy, pointed at the stack by its environment alone."""
-    project = make_project(tmp_path_factory.mktemp("stack-flow") / "project")
+    return run_training_flow(stack, make_project(tmp_path_factory.mktemp("stack-flow") / "project"))
+
+
+def run_training_flow(stack: Stack, project: Path) -> StackTraining:
+    """`python -m flows.training` in `project`, pointed at the stack by its environment alone."""
     env = {
         **base_env(),  # none of the developer's MLFLOW_* / PREFECT_* settings
         **stack.client_env(),

@@ -10,45 +10,31 @@ tests/artifacts/ (git-ignored); look at them when the test fails.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import TINY_VARIANTS
+from tests.integration.browser import CHROMIUM, signed_in_page
 from tests.integration.conftest import (
     EXPERIMENT_NAME,
-    REPO_ROOT,
     Stack,
     StackTraining,
     experiment_runs,
     metrics_of,
+    tags_of,
 )
 
 if TYPE_CHECKING:  # an optional test dependency: imported by the test itself, or skipped
     from playwright.sync_api import Page
 
-CHROMIUM = shutil.which("chromium")
 pytestmark = [
     pytest.mark.stack,
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)"),
 ]
 
-ARTIFACTS_DIR = REPO_ROOT / "tests" / "artifacts"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",  # runs as root in CI containers
-    "--disable-gpu",
-    # Nothing leaves loopback: no update checks, component downloads, sync or first-run pages.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-# Single clicks wait this long for the page; the UI's first load on a busy two-core machine is slow.
-UI_TIMEOUT_MS = 60_000
 # The compare view rounds metric values to three decimals.
 DISPLAY_TOLERANCE = 0.0005 + 1e-9
 
@@ -79,67 +65,82 @@ def _metric_row(page: Page, metric: str) -> list[str]:
 def test_compare_view_shows_each_variant_and_its_test_accuracy(
     stack: Stack, stack_training: StackTraining, tmp_path: Path
 ) -> None:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install playwright==1.65.2)"
-    )
     test_accuracy = {run_["info"]["run_name"]: metrics_of(run_)["test_accuracy"] for run_ in experiment_runs(stack)}
     assert sorted(test_accuracy) == sorted(TINY_VARIANTS)
-    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
-    shots: list[Path] = []
+    with signed_in_page(stack, tmp_path, "mlflow_ui") as (sync_api, page, screenshot):
+        page.goto(f"{stack.mlflow_url}/#/experiments")
+        page.get_by_role("link", name=EXPERIMENT_NAME, exact=True).click()
+        # MLflow 3 opens an experiment on its GenAI overview; the runs table is under "Model training".
+        page.get_by_text("Model training", exact=True).click()
+        for variant in TINY_VARIANTS:
+            row = page.get_by_role("row").filter(has_text=variant)
+            row.get_by_role("checkbox", name=re.compile("toggle row selection")).check()
+        screenshot("1_runs_selected")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.wait_for_url(re.compile(r"#/compare-runs\?"))
+        heading = page.get_by_role("heading", name=f"Comparing {len(TINY_VARIANTS)} Runs from 1 Experiment")
+        sync_api.expect(heading).to_be_visible()
+        # Room for the table: close the assistant side panel, fold the plots and the parameters.
+        assistant_close = page.get_by_role("button", name="Close", exact=True)
+        if assistant_close.count():
+            assistant_close.first.click()
+        page.get_by_role("button", name="Visualizations", exact=True).click()
+        page.get_by_role("button", name="Parameters", exact=True).click()
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),  # a fresh profile: no cookies, no stored UI state
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            http_credentials={"username": stack.tracking_auth[0], "password": stack.tracking_auth[1]},
-            viewport={"width": 1600, "height": 1100},
+        run_names = (
+            page.get_by_role("row")
+            .filter(has=page.get_by_role("rowheader", name="Run Name:"))
+            .get_by_role("cell")
+            .all_inner_texts()
         )
-        page = browser.new_page()
-        page.set_default_timeout(UI_TIMEOUT_MS)
-
-        def screenshot(name: str) -> None:
-            shots.append(ARTIFACTS_DIR / f"mlflow_ui_{name}.png")
-            page.screenshot(path=shots[-1])
-
-        try:
-            page.goto(f"{stack.mlflow_url}/#/experiments")
-            page.get_by_role("link", name=EXPERIMENT_NAME, exact=True).click()
-            # MLflow 3 opens an experiment on its GenAI overview; the runs table is under "Model training".
-            page.get_by_text("Model training", exact=True).click()
-            for variant in TINY_VARIANTS:
-                row = page.get_by_role("row").filter(has_text=variant)
-                row.get_by_role("checkbox", name=re.compile("toggle row selection")).check()
-            screenshot("1_runs_selected")
-            page.get_by_role("button", name="Compare", exact=True).click()
-            page.wait_for_url(re.compile(r"#/compare-runs\?"))
-            heading = page.get_by_role("heading", name=f"Comparing {len(TINY_VARIANTS)} Runs from 1 Experiment")
-            sync_api.expect(heading).to_be_visible()
-            # Room for the table: close the assistant side panel, fold the plots and the parameters.
-            assistant_close = page.get_by_role("button", name="Close", exact=True)
-            if assistant_close.count():
-                assistant_close.first.click()
-            page.get_by_role("button", name="Visualizations", exact=True).click()
-            page.get_by_role("button", name="Parameters", exact=True).click()
-
-            run_names = (
-                page.get_by_role("row")
-                .filter(has=page.get_by_role("rowheader", name="Run Name:"))
-                .get_by_role("cell")
-                .all_inner_texts()
-            )
-            shown = dict(zip(run_names, _metric_row(page, "test_accuracy"), strict=True))
-            screenshot("2_compare")
-        except Exception:
-            screenshot("failure")
-            raise
-        finally:
-            browser.close()
-            print("MLflow UI screenshots:", *shots, sep="\n  ")
+        shown = dict(zip(run_names, _metric_row(page, "test_accuracy"), strict=True))
+        screenshot("2_compare")
 
     assert sorted(shown) == sorted(TINY_VARIANTS), f"the compare view lists {run_names}"
     for variant, expected in test_accuracy.items():
         assert float(shown[variant]) == pytest.approx(expected, abs=DISPLAY_TOLERANCE), (
             f"{variant}: the compare view shows test_accuracy {shown[variant]}, MLflow's API says {expected}"
         )
+
+
+def _seconds(duration: str) -> float:
+    """MLflow's Duration cell ("5.6s", "1.2min", "850ms") in seconds."""
+    found = re.fullmatch(r"([\d.]+)\s*(ms|s|min|h)", duration.strip())
+    assert found, f"a Duration cell reads {duration!r}"
+    return float(found.group(1)) * {"ms": 0.001, "s": 1, "min": 60, "h": 3600}[found.group(2)]
+
+
+def test_runs_list_shows_each_runs_data_and_fit_time_and_the_run_page_its_gallery(
+    stack: Stack, stack_training: StackTraining, tmp_path: Path
+) -> None:
+    """What a new user sees in the runs list: the Datasets column names each run's training data (its
+    split, size and DVC md5), and Duration is the fit's time (within 10 %), not the seconds it took to
+    log the run afterwards; the run page's Artifacts tab shows the error gallery as a loaded image."""
+    runs = experiment_runs(stack)
+    assert sorted(run_["info"]["run_name"] for run_ in runs) == sorted(TINY_VARIANTS)
+    experiment_id = runs[0]["info"]["experiment_id"]
+    with signed_in_page(stack, tmp_path, "mlflow_runs") as (_, page, screenshot):
+        page.goto(f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs")
+        page.get_by_role("columnheader", name="Duration").first.wait_for()
+        cells = {}
+        for run_ in runs:
+            row = page.locator(f'.ag-center-cols-container [row-id="{run_["info"]["run_id"]}"]')
+            cells[run_["info"]["run_name"]] = (row.locator('[col-id="attributes.`Dataset`"]').inner_text(),
+                                              row.locator('[col-id="duration"]').inner_text())
+        screenshot("1_runs_list")
+        champion = next(run_ for run_ in runs if run_["info"]["run_name"] == "relu_layers")
+        page.goto(f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs/{champion['info']['run_id']}"
+                  "/artifacts/evaluation/error_gallery.png")
+        page.wait_for_function("() => [...document.images].some(image => image.complete && image.naturalWidth > 800)")
+        loaded = page.evaluate("() => [...document.images].map(image => image.naturalWidth)")
+        screenshot("2_error_gallery")
+    for run_ in runs:
+        name = run_["info"]["run_name"]
+        datasets, duration = cells[name]
+        logged = {entry["dataset"]["name"]: entry["dataset"]["digest"] for entry in run_["inputs"]["dataset_inputs"]}
+        train = next(dataset for dataset in logged if dataset.startswith("train ("))
+        assert logged[train] == tags_of(run_)["data_version"][:12]  # the DVC md5 of data/prepared
+        assert f"{train} ({logged[train]})" in datasets, (name, datasets)
+        fit_seconds = metrics_of(run_)["train_seconds"]
+        assert _seconds(duration) == pytest.approx(fit_seconds, rel=0.10), (name, duration, fit_seconds)
+    assert max(loaded) > 800, loaded  # the gallery PNG (880 pixels wide), decoded by the browser

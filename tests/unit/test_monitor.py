@@ -8,8 +8,7 @@ import pytest
 
 from pipeline.monitor import ENV, SystemMonitor, enabled
 
-NAMES = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
-         "system/system_memory_usage_percentage"}
+NAMES = {"system/cpu_utilization_percentage", "system/memory_usage_megabytes", "system/memory_usage_percentage"}
 
 
 def test_samples_while_the_block_runs_and_one_when_it_ends() -> None:
@@ -20,7 +19,7 @@ def test_samples_while_the_block_runs_and_one_when_it_ends() -> None:
     assert len(monitor.samples) >= 4
     assert all(set(sample) == {"timestamp_ms", *NAMES} for sample in monitor.samples)
     assert all(0 <= sample["system/cpu_utilization_percentage"] <= 100 for sample in monitor.samples)
-    assert all(sample["system/system_memory_usage_megabytes"] > 0 for sample in monitor.samples)
+    assert all(sample["system/memory_usage_megabytes"] > 0 for sample in monitor.samples)
     stamps = [sample["timestamp_ms"] for sample in monitor.samples]
     assert stamps == sorted(stamps)
     record = monitor.record()
