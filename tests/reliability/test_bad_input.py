@@ -907,6 +907,12 @@ def test_served_model_classifies_pngs_and_pixels_as_the_trained_model_does(champ
         assert classes == [champion.class_names[index] for index in champion.expected.argmax(axis=1)], form
         assert [classes[index] for index in np.flatnonzero(right)] == [
             champion.class_names[label] for label in labels[right]], form
+    # A batch larger than one forward pass (serving.PREDICT_SLICE) is answered whole and in order.
+    large = np.resize(as_uint8(images), (300, *images.shape[1:]))
+    answer = requests.post(f"{champion.url}/invocations", json={"inputs": large.tolist()}, timeout=120)
+    assert answer.status_code == 200, answer.text[:500]
+    probabilities = np.array([[row[name] for name in champion.class_names] for row in answer.json()["predictions"]])
+    assert np.allclose(probabilities, champion.expected[np.arange(300) % SERVED_DIGITS], atol=1e-5)
 
 
 def _mixed_folder(folder: Path) -> Path:
