@@ -147,9 +147,10 @@ def check_images(batch: Any, shape: tuple[int, ...]) -> np.ndarray:
     if pixels.dtype.kind == "b":
         raise _refuse(f"expected {expected}; got true/false values")
     if pixels.dtype.kind != "f":  # text, or numbers mixed with text or null
-        odd = next(value for value in pixels.flat if not isinstance(value, int | float | np.number))
+        # The first value that is not a number; integers too large for int64 leave the array of objects.
+        odd = next((value for value in pixels.flat if not isinstance(value, int | float | np.number)), pixels.flat[0])
         shown = repr(str(odd)) if isinstance(odd, str) else repr(odd)  # 'dark', not np.str_('dark')
-        raise _refuse(f"expected {expected}; got a pixel array holding {shown}, not numbers")
+        raise _refuse(f"expected {expected}; got a pixel array holding {shown}, not numbers of 0-255 or [0, 1]")
     images = pixels.astype(np.float64)
     if not np.isfinite(images).all():
         raise _refuse("expected floats in [0, 1]; got NaN or infinite values")

@@ -79,6 +79,7 @@ def test_floats_in_zero_one_are_accepted_as_before() -> None:
     (np.full((1, *SHAPE), True), "got true/false values"),
     ([[[["dark"]] * 28] * 28], "got a pixel array holding 'dark', not numbers"),
     ([[[[0.5]] * 28] * 27 + [[[None]] * 28]], "got a pixel array holding None, not numbers"),
+    ([[[[10**30]] * 28] * 28], "got a pixel array holding 1000000000000000000000000000000, not numbers"),
     ([[0.0] * 28] * 27 + [[0.0] * 5], "inhomogeneous"),
     ([], "the batch is empty"),
     (pd.DataFrame({"image": []}), "the batch is empty"),
