@@ -4,6 +4,7 @@
     python -m benchmarks.run --quick     # 1 round, 1 repro on 1,000 images (~6 min)
     python -m benchmarks.run --only repro
     python -m benchmarks.run --only tune    # trial overhead (2 rounds x 4 trials) and 2 Dask workers (~12 min)
+    python -m benchmarks.run --only serving # `mlflow models serve`: single-image latency, batch throughput (~3 min)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import repro, throughput, tune
+from benchmarks import repro, serving, throughput, tune
 from benchmarks.common import machine
 from benchmarks.seed_scripts import ARCHITECTURES
 
@@ -22,7 +23,7 @@ NOTES_MARKER = "<!-- notes: written by hand, kept by benchmarks/run.py -->"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="throughput,repro,tune")
+    parser.add_argument("--only", default="throughput,repro,tune,serving")
     arguments = parser.parse_args()
     chosen = arguments.only.split(",")
     about = machine()
@@ -40,6 +41,9 @@ def main() -> None:
         overhead = tune.measure_overhead("three_conv", trials=4, rounds=1 if arguments.quick else 2)
         parallel = None if arguments.quick else tune.measure_parallel("three_conv", trials=4)
         sections += ["## Tuning: trial overhead, and two Dask workers", "", tune.markdown(overhead, parallel), ""]
+    if "serving" in chosen:
+        result = serving.measure("relu_layers", singles=200, batches=4 if arguments.quick else 8)
+        sections += ["## Serving: `mlflow models serve` of the champion", "", serving.markdown(result), ""]
     previous = RESULTS.read_text() if RESULTS.is_file() else ""
     notes = previous.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in previous else "\n"
     text = "\n".join(sections) + "\n" + NOTES_MARKER + notes

@@ -216,7 +216,7 @@ def training_run_id(config: PipelineConfig, name: str, root: Path, trained: Any,
         logged = tracking.log_training_run(
             experiment_id, config.variant(name), trained, files=[layout.history_file(name),
                                                                   layout.training_file(name)],
-            example=np.asarray(data.x_val[:5]), tags=tags, ghost_run_file=layout.pending_run_file(name),
+            class_names=data.class_names, tags=tags, ghost_run_file=layout.pending_run_file(name),
             datasets=datasets, model_file=layout.model_file(name))
         layout.pending_run_file(name).unlink(missing_ok=True)
     write_json(record_file, {**record, "variant": name, **logged})

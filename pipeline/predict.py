@@ -20,8 +20,8 @@ from pipeline import tracking
 from pipeline.config import PipelineConfig
 from pipeline.dataset import normalise
 from pipeline.errors import DataError, ModelFileError, RegistryError
+from pipeline.images import IMAGE_SUFFIXES, check_image_header, read_image
 from pipeline.model_files import load_model_checked
-from pipeline.sources import IMAGE_SUFFIXES, check_image_header, read_image
 
 REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 

@@ -3,8 +3,9 @@
 Each reader returns a `RawDataset` of uint8 images shaped (N, H, W, C) and integer labels, and
 raises `DataError` naming the file and what was expected when the input is wrong.
 
-About 440 lines: five readers of 30-60 lines each, with the checks that make a bad file fail
-naming itself; splitting them would scatter the one thing a new source has to imitate.
+About 390 lines: five readers of 30-60 lines each, with the checks that make a bad file fail
+naming itself; splitting them would scatter the one thing a new source has to imitate. Reading one
+image file is in `pipeline/images.py`, shared with `predict` and the served model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import importlib.resources
 import math
 import os
 import socket
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,13 @@ import pandas as pd
 from pipeline.config import DataConfig
 from pipeline.dataset import RawDataset
 from pipeline.errors import DataError, SourceUnavailableError
+from pipeline.images import IMAGE_SUFFIXES, read_image
 
 MNIST_CLASSES = [str(digit) for digit in range(10)]
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 # A CSV label is a class index; without data.class_names the classes are 0..max(label), so a stray
 # 1e9 would otherwise create a billion classes.
 MAX_CSV_LABEL = 9_999
@@ -279,55 +279,6 @@ def read_csv(path: str | Path, height: int, width: int, channels: int,
 
 
 # --------------------------------------------------------------------------- folder
-
-
-def _size_problem(path: Path, size: tuple[int, int], height: int, width: int) -> str | None:
-    if size == (width, height):
-        return None
-    return (f"{path}: image is {size[0]}x{size[1]} (width x height), expected {width}x{height} from "
-            "data.image_width/image_height")
-
-
-def check_image_header(path: Path, height: int, width: int) -> str | None:
-    """What is wrong with an image file judged by its header alone (not decoded), or None.
-
-    PIL reads the declared size without decoding the pixels, so a decompression bomb (a small PNG that
-    declares 30000x30000) is refused by its size before it can take memory.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            # A declared size above Image.MAX_IMAGE_PIXELS warns, above twice that it raises; either way
-            # it is the size check below that decides, before anything is decoded.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                size = image.size
-    except Image.DecompressionBombError as error:
-        return f"{path}: refused without decoding: {error}"
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return f"{path}: not a readable PNG/JPEG image ({error})"
-    return _size_problem(path, size, height, width)
-
-
-def read_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
-    """One image as uint8 (H, W, C); its header is checked (size) before its pixels are decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    problem = check_image_header(path, height, width)
-    if problem:
-        raise DataError(problem)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            converted = image.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"{path}: not a readable PNG/JPEG image ({error})") from None
-    problem = _size_problem(path, converted.size, height, width)
-    if problem:
-        raise DataError(problem)
-    array = np.asarray(converted, dtype=np.uint8)
-    return array.reshape(height, width, channels)
 
 
 def _read_class_folders(root: Path, height: int, width: int, channels: int,

@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
 from pipeline.errors import ModelFileError, RegistryError, TrackingError
 from pipeline.layout import Layout
 
@@ -252,12 +250,12 @@ def _log_datasets(datasets: list[DatasetRecord]) -> None:
 
 
 def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel,
-                     files: list[Path], example: np.ndarray, tags: dict[str, str],
+                     files: list[Path], class_names: list[str], tags: dict[str, str],
                      ghost_run_file: Path, datasets: list[DatasetRecord] | None = None,
                      model_file: Path | None = None) -> dict[str, str]:
     """Log a finished training as one MLflow run: the resolved params, per-epoch metrics, the fit's
-    seconds, config and summary artifacts, and the model. A run left RUNNING by a killed attempt (its
-    id in `ghost_run_file`) is marked FAILED first.
+    seconds, config and summary artifacts, and the model (served with `class_names`). A run left RUNNING
+    by a killed attempt (its id in `ghost_run_file`) is marked FAILED first.
 
     Returns:
         {"run_id": ..., "model_uri": ...}
@@ -299,18 +297,18 @@ def log_training_run(experiment_id: str, variant: Variant, trained: TrainedModel
         mlflow.log_text(trained.summary, "model_summary.txt")
         for path in files:
             mlflow.log_artifact(str(path))
-        model_uri = log_keras_model(trained.model, example, model_file=model_file)
+        model_uri = log_keras_model(trained.model, class_names, model_file=model_file)
         mlflow.set_tag("model_uri", model_uri)
     return {"run_id": run_id, "model_uri": model_uri}
 
 
-def log_keras_model(model: Any, example: np.ndarray, name: str = "model", model_file: Path | None = None) -> str:
+def log_keras_model(model: Any, class_names: list[str], name: str = "model", model_file: Path | None = None) -> str:
     """Log a Keras model as a served pyfunc (`pipeline.serving.KerasClassifier` over its `.keras` file),
-    with its signature and the file's sha256; return its `models:/` URI.
+    with its class names, its output signature and the file's sha256; return its `models:/` URI.
 
     Args:
-        model: the keras.Model (its signature is inferred from one direct forward pass of `example`).
-        example: a few input images.
+        model: the keras.Model.
+        class_names: the name of each output, in order (the served answer's `class` and columns).
         name: the logged model's name in the run.
         model_file: the model's `.keras` file, logged byte for byte (the register stage's sha256 and the
             DVC output then name the same file); default: `model` saved canonically.
@@ -321,12 +319,15 @@ def log_keras_model(model: Any, example: np.ndarray, name: str = "model", model_
     import keras
     import mlflow
     import tensorflow as tf
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
 
+    from pipeline.io import write_json
     from pipeline.lineage import file_sha256
     from pipeline.model_files import save_model
 
-    signature = infer_signature(example, np.asarray(model(example, training=False)))
+    if len(class_names) != model.output_shape[-1]:
+        raise ValueError(f"{len(class_names)} class names for a model of {model.output_shape[-1]} outputs")
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     level = pyfunc_log.level
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
@@ -337,13 +338,26 @@ def log_keras_model(model: Any, example: np.ndarray, name: str = "model", model_
         warnings.showwarning = lambda *args, **kwargs: None
         pyfunc_log.setLevel(logging.ERROR)
         try:
-            from pipeline.serving import MODEL_ARTIFACT, KerasClassifier  # MLflow warns when the class is made
+            # MLflow warns when the class is made.
+            from pipeline.serving import CLASS_COLUMN, CLASSES_ARTIFACT, MODEL_ARTIFACT, KerasClassifier, output_columns
 
+            # Outputs only. The served model takes base64 PNG/JPEG in a column `image` *or* pixel arrays,
+            # and an MLflow input schema describes one of the two: enforcing it would refuse the other
+            # before `KerasClassifier` sees it. `serving.check_images` checks every form and names what
+            # is wrong.
+            columns = output_columns(class_names)
+            signature = ModelSignature(outputs=Schema([ColSpec("string", CLASS_COLUMN)] + [
+                ColSpec("double", column) for column in columns[1:]]))
             if model_file is None:
                 model_file = save_model(model, Path(scratch) / "model.keras")
+            # A file, not model_config: MLflow logs model_config as run params, and a long list of names
+            # would pass a param's length limit.
+            classes_file = write_json(Path(scratch) / "class_names.json", columns[1:])
             info = mlflow.pyfunc.log_model(
-                name=name, python_model=KerasClassifier(), artifacts={MODEL_ARTIFACT: str(model_file)},
-                model_config={"model_sha256": file_sha256(model_file)}, signature=signature,
+                name=name, python_model=KerasClassifier(),
+                artifacts={MODEL_ARTIFACT: str(model_file), CLASSES_ARTIFACT: str(classes_file)},
+                model_config={"model_sha256": file_sha256(model_file)},
+                signature=signature,
                 # Stated, not inferred: inference re-imports the model in a subprocess (slow, offline-unsafe).
                 pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
                                   f"mlflow=={mlflow.__version__}"],

@@ -50,6 +50,9 @@ NOT_RUN = {
 }
 SERVE = "mlflow models serve -m models:/mnist-cnn@champion --env-manager local -p 5001"
 CURL = "curl -s localhost:5001/invocations -H 'Content-Type: application/json' -d @docs/serving/digit_7.json"
+CURL_PNG = ("curl -s localhost:5001/invocations -H 'Content-Type: application/json' -d "
+            r'"{\"dataframe_split\": {\"columns\": [\"image\"], \"data\": '
+            r'[[\"$(base64 -w0 docs/serving/digits/digit_7.png)\"]]}}"')
 BROKEN = "python -m pipeline train three_conv --params docs/examples/broken_params.yaml"
 TUNE = "python -m pipeline tune three_conv --trials 8"
 TUNE_FLOW = "python -m flows.tune three_conv --trials 12 --workers 2"
@@ -119,7 +122,7 @@ def documented() -> dict[str, list[str]]:
 
 def test_every_documented_command_is_run_or_excused() -> None:
     commands = {command for listed in documented().values() for command in listed}
-    assert {"make repro", SERVE, CURL, BROKEN, "make plots", "make exp-show"} <= commands  # the extraction works
+    assert {"make repro", SERVE, CURL, CURL_PNG, BROKEN, "make plots", "make exp-show"} <= commands  # extraction works
     unknown = commands - set(RUN_ORDER) - set(PREFECT) - set(NOT_RUN)
     assert not unknown, f"documented commands no test runs (run them below, or excuse them in NOT_RUN): {unknown}"
     assert not set(NOT_RUN) - commands, "NOT_RUN excuses commands the docs no longer show"
@@ -264,24 +267,32 @@ def check_rollback(command: str, project: Path) -> None:
 
 
 def check_serving(project: Path, tmp_path: Path) -> None:
-    """Issue 17 #14: the README's request is a real digit, and the served champion answers it."""
+    """Issue 17 #14 and issue 15 #6: the README's requests are real digits, a PNG and floats, and the
+    served champion answers each with a class name and one probability per class."""
     port = str(free_port())
-    serve, curl = SERVE.replace("5001", port), CURL.replace("5001", port)
+    serve = SERVE.replace("5001", port)
     log = tmp_path / "serve.log"
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
     with running(["bash", "-c", f"exec {serve}"], project, log, env={**os.environ, **env}) as server:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), 300, "the served model", interval=1,
                  alive=server, log=log)
-        answer = json.loads(shell(curl, project).stdout)
-    probabilities = np.asarray(answer["predictions"])
-    assert probabilities.shape == (1, 10) and abs(probabilities.sum() - 1) < 1e-4, answer
+        answers = {curl: json.loads(shell(curl.replace("5001", port), project).stdout) for curl in (CURL_PNG, CURL)}
+    digits = [str(digit) for digit in range(10)]
+    for curl, answer in answers.items():
+        rows = answer["predictions"]
+        assert len(rows) == 1 and sorted(rows[0]) == sorted(["class", *digits]), (curl, answer)
+        assert rows[0]["class"] in digits and abs(sum(rows[0][digit] for digit in digits) - 1) < 1e-4, (curl, answer)
+    from PIL import Image
+
     from pipeline.sources import read_bundled
 
     sample = read_bundled()
+    sevens = sample.x_train[sample.y_train == 7]
     request = np.asarray(json.loads((REPO / "docs" / "serving" / "digit_7.json").read_text())["instances"])
-    matches = [index for index in np.flatnonzero(sample.y_train == 7)
-               if np.allclose(sample.x_train[index] / 255, request[0], atol=5e-5)]
-    assert matches, "docs/serving/digit_7.json is not a 7 of the bundled sample"
+    assert any(np.allclose(seven / 255, request[0], atol=5e-5) for seven in sevens), \
+        "docs/serving/digit_7.json is not a 7 of the bundled sample"
+    png = np.asarray(Image.open(REPO / "docs" / "serving" / "digits" / "digit_7.png"))[..., np.newaxis]
+    assert any(np.array_equal(seven, png) for seven in sevens), "docs/serving/digits/digit_7.png is not a bundled 7"
 
 
 def tune_report(project: Path) -> dict:
@@ -334,7 +345,7 @@ RUN_ORDER = [
     "dvc push", "dvc pull",
     "dvc exp run --queue -S train.learning_rate=0.001", "dvc exp run --queue -S train.learning_rate=0.003",
     "dvc queue start -j 2", "dvc queue status",
-    "python -m pipeline predict docs/serving/digits/", "python -m pipeline rollback", SERVE, CURL,
+    "python -m pipeline predict docs/serving/digits/", "python -m pipeline rollback", SERVE, CURL_PNG, CURL,
     "python -m flows.training", TUNE, TUNE_FLOW, TUNE_APPLY,
 ]
 

@@ -54,7 +54,7 @@ class Registry:
             model = result.model if result else _untrained(config, self.data)
             with tracking.training_run(tracking.setup(self.root, config.mlflow.experiment_name),
                                        f"epochs-{epochs}", {"variant": "three_conv"}) as run_id:
-                uri = tracking.log_keras_model(model, self.data.x_val[:2])
+                uri = tracking.log_keras_model(model, self.data.class_names)
             sha256 = file_sha256(tracking.download_model_file(uri, Path(scratch) / "download"))
         version = tracking.register_version(uri, NAME, {"run_id": run_id, "model_sha256": sha256,
                                                         "class_names": json.dumps(self.data.class_names)})
@@ -162,9 +162,10 @@ def test_served_champion_answers_invocations(registry: Registry, versions: dict)
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", json={"instances": images.tolist()},
                                timeout=60)
         assert answer.status_code == 200, answer.text
-        predictions = np.asarray(answer.json()["predictions"])
-        assert predictions.shape == (8, 10)
-        assert (predictions.argmax(axis=1) == registry.data.y_test[:8]).mean() >= 0.5
+        rows = answer.json()["predictions"]  # one per image: its class name and each class's probability
+        assert len(rows) == 8 and all(sorted(row) == sorted(["class", *registry.data.class_names]) for row in rows)
+        expected = [registry.data.class_names[label] for label in registry.data.y_test[:8]]
+        assert np.mean([row["class"] == name for row, name in zip(rows, expected, strict=True)]) >= 0.5
         wrong_shape = requests.post(f"http://127.0.0.1:{port}/invocations",
                                     json={"instances": np.zeros((2, 5, 5, 1)).tolist()}, timeout=60)
         assert 400 <= wrong_shape.status_code < 500

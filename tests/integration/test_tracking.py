@@ -35,10 +35,9 @@ def test_every_param_of_a_large_variant_is_logged(tmp_path: Path, monkeypatch: p
     experiment_id = tracking.setup(tmp_path, "large")
     expected = tracking.flatten(variant.settings())
     assert len(expected) > 100
-    import numpy as np
-
-    logged = tracking.log_training_run(experiment_id, variant, trained, files=[], example=np.zeros((2, 28, 28, 1),
-                                       np.float32), tags={"git_commit": "c" * 40, "data_version": "d" * 32},
+    logged = tracking.log_training_run(experiment_id, variant, trained, files=[],
+                                       class_names=[str(digit) for digit in range(10)],
+                                       tags={"git_commit": "c" * 40, "data_version": "d" * 32},
                                        ghost_run_file=tmp_path / "run_id",
                                        datasets=[tracking.DatasetRecord("train (3 images)", "d" * 32, "data/prepared",
                                                                         "training", {"split": "train"})])

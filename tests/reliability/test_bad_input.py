@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
+import io
 import json
 import math
 import os
@@ -656,6 +658,7 @@ def test_corrupted_raw_data_fails_prepare_naming_the_file(stage_runs: dict[str, 
 # =========================================================================== 10. prediction input
 
 MODEL_NAME = "mnist-cnn"
+SERVED_DIGITS = 16  # test images sent to the served model
 
 
 @dataclass
@@ -666,6 +669,8 @@ class Champion:
     server: subprocess.Popen
     url: str
     server_log: Path
+    class_names: list[str]
+    expected: np.ndarray  # the trained model's probabilities for the first test images, in this process
 
     def wait_until_serving(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -702,7 +707,8 @@ def champion(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with tempfile.TemporaryDirectory() as scratch:
         model = fit(config, "three_conv", data, Path(scratch)).model
         with tracking.training_run(experiment_id, "tiny", {"variant": "three_conv"}) as run_id:
-            uri = tracking.log_keras_model(model, data.x_val[:2])
+            uri = tracking.log_keras_model(model, data.class_names)
+        expected = np.asarray(model.predict(data.x_test[:SERVED_DIGITS], verbose=0))
         sha256 = file_sha256(tracking.download_model_file(uri, Path(scratch) / "download"))
     version = tracking.register_version(uri, MODEL_NAME, {"run_id": run_id, "model_sha256": sha256,
                                                           "class_names": json.dumps(data.class_names)})
@@ -718,7 +724,7 @@ def champion(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
              "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield Champion(project, server, f"http://127.0.0.1:{port}", server_log)
+        yield Champion(project, server, f"http://127.0.0.1:{port}", server_log, data.class_names, expected)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -794,11 +800,30 @@ def test_predict_cli_exits_2_naming_the_bad_input(champion: Champion, tmp_path: 
 
 
 JSON = {"Content-Type": "application/json"}
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    """An image (H, W) or (H, W, 1) of uint8 as the base64 text of a PNG, as a client sends it."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, np.uint8).reshape(pixels.shape[:2])).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def images_request(texts: list[str]) -> dict[str, Any]:
+    return {"json": {"dataframe_split": {"columns": ["image"], "data": [[text] for text in texts]}}}
+
+
+def as_uint8(images: np.ndarray) -> np.ndarray:
+    """The prepared float images back as the 0-255 pixels they were divided from."""
+    return np.rint(images * 255).astype(np.uint8)
+
+
 # case -> (request, expected status, what the error says)
 BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
-    "wrong-shape": ({"json": {"instances": np.zeros((2, 5, 5, 1)).tolist()}}, 400, "Failed to predict"),
-    "wrong-rank": ({"json": {"instances": [0.5] * 784}}, 400, "Failed to predict"),
-    "strings": ({"json": {"instances": [[[["dark"]] * 28] * 28]}}, 400, "could not convert string to float"),
+    "wrong-shape": ({"json": {"instances": np.zeros((2, 5, 5, 1)).tolist()}}, 400,
+                    "shaped (N, 28, 28, 1) or (N, 28, 28); got shape (2, 5, 5, 1)"),
+    "wrong-rank": ({"json": {"instances": [0.5] * 784}}, 400, "got shape (784,)"),
+    "strings": ({"json": {"instances": [[[["dark"]] * 28] * 28]}}, 400, "got a pixel array holding 'dark'"),
     "ragged": ({"json": {"instances": [[[[0.0]] * 28] * 27 + [[[0.0]] * 5]]}}, 400, "inhomogeneous shape"),
     "malformed-json": ({"data": '{"instances": [[[[0.1], ', "headers": JSON}, 400, "valid JSON"),
     "empty-body": ({"data": "", "headers": JSON}, 400, "valid JSON"),
@@ -806,13 +831,26 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
                       "exactly one of the input fields"),
     "not-json": ({"data": "pixels please", "headers": {"Content-Type": "text/plain"}}, 415,
                  "only supports the following content types"),
-    # Issue 17 #13: 0-255 pixels were taken as 0-1 and answered with probability 1.0.
-    "pixels-0-255": ({"json": {"instances": np.full((1, 28, 28, 1), 255.0).tolist()}}, 400,
-                     "floats in [0, 1]; got values from 255 to 255. Pixels of 0-255 must be divided by 255"),
-    "pixels-0-255-as-integers": ({"json": {"instances": np.full((1, 28, 28, 1), 200).tolist()}}, 400,
-                                 "floats in [0, 1]"),
+    # Issue 17 #13: 0-255 pixels were taken as 0-1 and answered with probability 1.0. Sent as JSON
+    # floats they are still refused; as JSON integers they are read as 0-255 (issue 15 #6).
+    "pixels-0-255-as-floats": ({"json": {"instances": np.full((1, 28, 28, 1), 255.0).tolist()}}, 400,
+                               "floats in [0, 1]; got values from 255 to 255. Pixels of 0-255 must be sent as "
+                               "integers"),
+    "integers-above-255": ({"json": {"instances": np.full((1, 28, 28), 300).tolist()}}, 400,
+                           "integer pixels in 0-255; got values from 300 to 300"),
     "negative-pixels": ({"json": {"instances": np.full((1, 28, 28, 1), -0.5).tolist()}}, 400,
                         "got values from -0.5 to -0.5"),
+    # Issue 15 #6: images as a client has them.
+    "png-of-another-size": (images_request([png_base64(np.zeros((28, 28))), png_base64(np.zeros((20, 28)))]), 400,
+                            "1 of 2 image(s) in column 'image' cannot be classified:\n  row 1: image is 28x20 "
+                            "(width x height), expected 28x28"),
+    "not-an-image": (images_request([base64.b64encode(b"%PDF-1.4 not a picture").decode()]), 400,
+                     "row 0: not a readable PNG/JPEG image"),
+    "not-base64": (images_request(["data:image/png;base64,iVBORw0K"]), 400, "row 0: not base64 text"),
+    "empty-batch": ({"json": {"instances": []}}, 400, "the batch is empty"),
+    "empty-image-table": (images_request([]), 400, "the batch is empty"),
+    "other-column": ({"json": {"dataframe_split": {"columns": ["png"], "data": [["x"]]}}}, 400,
+                     "expected one column 'image' of base64 PNG/JPEG images; got columns ['png']"),
 }
 
 
@@ -831,12 +869,50 @@ def test_served_model_rejects_bad_input_and_keeps_serving(champion: Champion, ca
     else:  # 415 comes from the web framework as text
         assert says in answer.text, answer.text
     assert champion.server.poll() is None, "the server died"
-    # It still answers a valid request.
-    images = load_prepared(champion.project / "data" / "prepared").x_test[:4]
-    valid = requests.post(f"{champion.url}/invocations", json={"instances": images.tolist()}, timeout=60)
+    # It still answers a good request: four PNGs of test digits.
+    images = as_uint8(load_prepared(champion.project / "data" / "prepared").x_test[:4])
+    valid = requests.post(f"{champion.url}/invocations", timeout=60,
+                          **images_request([png_base64(image) for image in images]))
     assert valid.status_code == 200, valid.text
-    probabilities = np.asarray(valid.json()["predictions"])
-    assert probabilities.shape == (4, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    rows = valid.json()["predictions"]
+    assert [sorted(row) for row in rows] == [sorted(["class", *champion.class_names])] * 4, rows
+    assert all(row["class"] in champion.class_names for row in rows)
+    assert np.allclose([sum(row[name] for name in champion.class_names) for row in rows], 1, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_served_model_classifies_pngs_and_pixels_as_the_trained_model_does(champion: Champion) -> None:
+    """The same test digits as PNGs, as JSON integers 0-255 (N, H, W) and as floats in [0, 1]: each
+    answer is the trained model's own (the served normalisation is the pipeline's), and a digit the
+    model gets right comes back as its class name."""
+    from pipeline.dataset import load_prepared
+
+    data = load_prepared(champion.project / "data" / "prepared")
+    images, labels = data.x_test[:SERVED_DIGITS], data.y_test[:SERVED_DIGITS]
+    champion.wait_until_serving()
+    requests_by_form = {
+        "png": images_request([png_base64(image) for image in as_uint8(images)]),
+        "uint8": {"json": {"inputs": as_uint8(images)[..., 0].tolist()}},
+        "float": {"json": {"instances": images.tolist()}},
+    }
+    right = champion.expected.argmax(axis=1) == labels
+    assert right.any(), "the tiny model classifies none of the test digits; nothing to check the names with"
+    for form, request in requests_by_form.items():
+        answer = requests.post(f"{champion.url}/invocations", timeout=60, **request)
+        assert answer.status_code == 200, f"{form}: {answer.text[:500]}"
+        rows = answer.json()["predictions"]
+        probabilities = np.array([[row[name] for name in champion.class_names] for row in rows])
+        assert np.allclose(probabilities, champion.expected, atol=1e-5), form
+        classes = [row["class"] for row in rows]
+        assert classes == [champion.class_names[index] for index in champion.expected.argmax(axis=1)], form
+        assert [classes[index] for index in np.flatnonzero(right)] == [
+            champion.class_names[label] for label in labels[right]], form
+    # A batch larger than one forward pass (serving.PREDICT_SLICE) is answered whole and in order.
+    large = np.resize(as_uint8(images), (300, *images.shape[1:]))
+    answer = requests.post(f"{champion.url}/invocations", json={"inputs": large.tolist()}, timeout=120)
+    assert answer.status_code == 200, answer.text[:500]
+    probabilities = np.array([[row[name] for name in champion.class_names] for row in answer.json()["predictions"]])
+    assert np.allclose(probabilities, champion.expected[np.arange(300) % SERVED_DIGITS], atol=1e-5)
 
 
 def _mixed_folder(folder: Path) -> Path:

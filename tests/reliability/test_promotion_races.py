@@ -89,7 +89,7 @@ def register(project: Path, models: dict[str, Any]) -> dict[str, tuple[str, str]
     for quality, model in models.items():
         experiment_id = tracking.setup(project, config.mlflow.experiment_name)
         with tracking.training_run(experiment_id, quality, {"variant": "three_conv"}) as run_id:
-            uri = tracking.log_keras_model(model, data.x_val[:2])
+            uri = tracking.log_keras_model(model, data.class_names)
         with tempfile.TemporaryDirectory() as scratch:
             sha256 = file_sha256(tracking.download_model_file(uri, Path(scratch)))
         version = tracking.register_version(uri, NAME, {"run_id": run_id, "model_sha256": sha256,

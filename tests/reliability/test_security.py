@@ -182,10 +182,8 @@ def test_registered_version_without_a_recorded_hash_is_refused(tmp_path: Path, m
     experiment_id = tracking.setup(project, "security")
     inputs = keras.Input((28, 28, 1))
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs)))
-    import numpy as np
-
     with tracking.training_run(experiment_id, "unverified", {"variant": "test"}) as run_id:
-        uri = tracking.log_keras_model(model, np.zeros((1, 28, 28, 1), np.float32))
+        uri = tracking.log_keras_model(model, [str(digit) for digit in range(10)])
     name = "security-model"
     unverified = tracking.register_version(uri, name, {"run_id": run_id})
     tampered = tracking.register_version(uri, name, {"run_id": run_id, "model_sha256": "0" * 64})
@@ -201,6 +199,63 @@ def test_registered_version_without_a_recorded_hash_is_refused(tmp_path: Path, m
         load_registered_model(f"models:/{name}@challenger")
     with pytest.raises(RegistryError, match="expected models:/<name>@<alias>"):
         load_registered_model("runs:/abc/model")
+
+
+@pytest.mark.slow
+def test_served_model_whose_file_was_swapped_refuses_to_load(tmp_path: Path) -> None:
+    """`mlflow models serve` checks the file against the sha256 logged with the model, as `predict`
+    does: the same version serves a PNG before its file is swapped for another valid model, and after
+    the swap the server exits naming both hashes, without ever answering (real SQLite store, loopback)."""
+    import base64
+    import io
+
+    import keras
+    import mlflow
+    import numpy as np
+    import requests
+    from PIL import Image
+
+    from pipeline import tracking
+    from pipeline.model_files import save_model
+    from tests.conftest import BIN
+    from tests.reliability.faults import free_port, http_ok, running, tail, tool_env, wait_for
+
+    project = make_project(tmp_path / "project", tiny_params(("three_conv",)))
+    experiment_id = tracking.setup(project, "security")
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs)))
+    with tracking.training_run(experiment_id, "served", {"variant": "test"}):
+        uri = tracking.log_keras_model(model, [str(digit) for digit in range(10)])
+    location = mlflow.MlflowClient().get_logged_model(uri.removeprefix("models:/")).artifact_location
+    served_file = Path(location.removeprefix("file://")) / "artifacts" / "model.keras"
+    recorded = file_sha256(served_file)
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png, format="PNG")
+    request = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(png.getvalue()).decode()]]}}
+
+    def serve(log: Path) -> tuple[int, list[str]]:
+        port = free_port()
+        command = [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        env = tool_env(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+        with running(command, project, log, env=env) as server:
+            wait_for(lambda: server.poll() is not None or http_ok(f"http://127.0.0.1:{port}/ping"), 300,
+                     "the server to answer or exit", interval=0.5)
+            if server.poll() is not None:
+                return server.returncode, []
+            answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
+            assert answer.status_code == 200, answer.text
+            return 0, [row["class"] for row in answer.json()["predictions"]]
+
+    assert serve(tmp_path / "before.log") == (0, ["0"]), tail(tmp_path / "before.log")
+    # The attack: another valid model (new weights) in place of the logged file.
+    save_model(keras.models.clone_model(model), served_file)
+    actual = file_sha256(served_file)
+    assert actual != recorded
+    returncode, answered = serve(tmp_path / "after.log")
+    log = (tmp_path / "after.log").read_text()
+    assert returncode != 0 and not answered, log[-3000:]
+    assert f"sha256 {actual} differs from the recorded {recorded}" in log and str(served_file) in log, log[-3000:]
 
 
 # --------------------------------------------------------------------------- secrets in the repository

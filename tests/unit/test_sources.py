@@ -16,11 +16,11 @@ from PIL import Image
 
 from pipeline.config import DataConfig
 from pipeline.dataset import validate_dataset
+from pipeline.images import check_image_header
 from pipeline.ingest import ingest
 from pipeline.sources import (
     DataError,
     RawDataset,
-    check_image_header,
     read_bundled,
     read_csv,
     read_folder,
