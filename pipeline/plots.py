@@ -594,6 +594,7 @@ def disagreement_figure(
         for ax in axes[len(shown):]:
             ax.set_axis_off()
         if not shown:
-            axes[0].text(0.5, 0.5, "none", ha="center", va="center", transform=subfigure.transSubfigure)
+            axes[0].text(0.5, 0.5, "none: on every test image, when one is right the other is too",
+                         ha="center", va="center", transform=subfigure.transSubfigure)
     figure.suptitle(f"Where {challenger} and {champion} disagree on the test split", fontsize=12)
     return figure
