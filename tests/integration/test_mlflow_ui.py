@@ -39,26 +39,36 @@ pytestmark = [
 DISPLAY_TOLERANCE = 0.0005 + 1e-9
 
 
-# Reads the row in one synchronous pass, so a section folding above it cannot move it mid-read.
+# The values of the metric whose name is `label`: the cells of the values grid at the name cell's row
+# position (react-virtualized places every cell of a row at the same `top`), left to right.
 ROW_VALUES_SCRIPT = """label => {
-    const middle = box => box.top + box.height / 2;
-    const name = label.getBoundingClientRect();
-    return [...document.querySelectorAll("[role=grid] span")]
-        .map(span => [span.getBoundingClientRect(), span.innerText.trim()])
-        .filter(([box]) => box.left > name.right && Math.abs(middle(box) - middle(name)) < box.height / 2)
-        .sort(([a], [b]) => a.left - b.left)
-        .map(([, text]) => text);
+    const cell = label.closest(".ReactVirtualized__Grid__innerScrollContainer > div");
+    const values = [...document.querySelectorAll(".ReactVirtualized__Grid__innerScrollContainer")]
+        .find(container => !container.contains(label));
+    return [...values.children].filter(value => value.style.top === cell.style.top)
+        .sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left))
+        .map(value => value.innerText.trim());
 }"""
 
 
 def _metric_row(page: Page, metric: str) -> list[str]:
-    """The values the compare view shows right of a metric's name, left to right (one per run).
+    """The values the compare view shows in a metric's row, left to right (one per run).
 
-    The metrics table is two virtualised grids side by side (names, values), not a <table>, so a
-    row is what lines up with the name on screen, as a person reads it.
+    The metrics table is two virtualised grids side by side (names, values), not a <table>, 300 pixels
+    high. In MLflow 3.17 they scroll apart: the wheel over the values moves only them, and the names
+    grid does not scroll at all, so below the first rows what lines up on screen is not one row (seen
+    in the screenshots: test_accuracy beside test_loss's values). So a row is found as the grids define
+    it, by its position in the grid; the wheel over the values brings the row into view, as a person
+    scrolls, so that it is drawn and on the screenshot.
     """
     label = page.get_by_role("link", name=metric, exact=True)
-    label.scroll_into_view_if_needed()
+    label.wait_for()
+    top = label.evaluate("label => label.closest('.ReactVirtualized__Grid__innerScrollContainer > div').offsetTop")
+    values = page.locator(".ReactVirtualized__Grid").filter(has_not=label).last
+    box = values.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, max(0, top - 100))
+    page.wait_for_function(f"label => ({ROW_VALUES_SCRIPT})(label).length > 0", arg=label.element_handle())
     return label.evaluate(ROW_VALUES_SCRIPT)
 
 
