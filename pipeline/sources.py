@@ -75,8 +75,24 @@ def read_bundled() -> RawDataset:
 # --------------------------------------------------------------------------- keras
 
 
+def keras_cache_dir() -> Path:
+    """The directory `keras.utils.get_file` caches datasets in, as Keras resolved it.
+
+    Keras reads $KERAS_HOME (default ~/.keras) once, when it is imported, so a later change of the
+    environment does not move it; and get_file silently uses /tmp/.keras instead when it may not
+    write there (a read-only copy is ignored). Reading the environment again here could name a
+    directory Keras never looked in.
+    """
+    from keras.src.backend.config import keras_home  # private, but the one place Keras resolves it
+
+    home = Path(os.path.expanduser(keras_home()))
+    if not os.access(home, os.W_OK):
+        home = Path("/tmp/.keras")  # get_file's fallback, keras/src/utils/file_utils.py
+    return home / "datasets"
+
+
 def read_keras(name: str, timeout_seconds: float) -> RawDataset:
-    """`keras.datasets.mnist` / `fashion_mnist`: downloads once into ~/.keras/datasets (KERAS_HOME).
+    """`keras.datasets.mnist` / `fashion_mnist`: downloads once into $KERAS_HOME/datasets (~/.keras).
 
     Offline with no cached copy this fails within `timeout_seconds` with what to do instead.
     """
@@ -88,11 +104,15 @@ def read_keras(name: str, timeout_seconds: float) -> RawDataset:
     try:
         (x_train, y_train), (x_test, y_test) = module.load_data()
     except Exception as error:
-        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+        # mnist.npz is checked against its sha256 (fashion-mnist's files are not): a copy that differs
+        # is re-downloaded, and deleted when that fails, so only the original file can be pre-seeded.
+        files = ("mnist.npz (only the original file: Keras checks its sha256)" if name == "mnist" else
+                 "fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz")
         raise SourceUnavailableError(
             f"could not load keras.datasets.{name} ({type(error).__name__}: {error}). It downloads on "
-            f"first use and caches in {cache}. Offline? Copy the files there from a machine with "
-            "network, point data.source: idx at the IDX files, or use data.source: bundled."
+            f"first use and caches in {keras_cache_dir()}. Offline? Copy {files} there from a machine "
+            "with network (or set KERAS_HOME to a writable copy), point data.source: idx at the IDX "
+            "files, or use data.source: bundled."
         ) from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
