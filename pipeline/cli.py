@@ -107,10 +107,15 @@ def train(variant: Annotated[str, typer.Argument(help="A key of `models` in the 
               help="Check the MLflow tracking server before the fit (the evaluate stage logs the run).")] = True,
           verbose: VerboseOption = False) -> None:
     """Train one variant (resumes an interrupted run); write models/<variant>/ and the run record that
-    the evaluate stage logs to MLflow."""
+    the evaluate stage logs to MLflow. With train.distribution multi_worker, run it on every host of
+    TF_CONFIG; worker 0 writes the outputs."""
     from pipeline.train import run_train
 
     info = run_train(_config(params), variant, root, track=track)
+    if not info.get("published", True):
+        typer.echo(f"worker {info['worker']} trained {variant} (model_digest {info['model_digest']}); "
+                   f"worker 0 publishes models/{variant}/")
+        return
     seconds = f", {info['train_seconds']:.1f}s" if "train_seconds" in info else " (reused a finished fit)"
     typer.echo(f"trained {variant}: {info['params']:,} parameters, best val_accuracy "
                f"{info['best_val_accuracy']:.4f}{seconds}")

@@ -101,6 +101,9 @@ class TrainConfig(_Frozen):
     augment: AugmentConfig = AugmentConfig()
     jit_compile: bool = False
     seeds: int = Field(1, ge=1, le=20)  # >1: also train extra seeds to estimate a 95% CI
+    # none: one process, no tf.distribute strategy; mirrored: the local devices; multi_worker: the
+    # hosts of TF_CONFIG (pipeline/distribute.py). `batch_size` stays the global batch in all three.
+    distribution: Literal["none", "mirrored", "multi_worker"] = "none"
 
 
 class TrainOverrides(_Frozen):
@@ -116,6 +119,7 @@ class TrainOverrides(_Frozen):
     augment: AugmentConfig | None = None
     jit_compile: bool | None = None
     seeds: int | None = Field(None, ge=1, le=20)
+    distribution: Literal["none", "mirrored", "multi_worker"] | None = None
 
 
 class VariantConfig(_Frozen):
@@ -141,7 +145,11 @@ class Variant(_Frozen):
 
     def settings(self) -> dict[str, Any]:
         """Everything of params.yaml that decides this variant's training (logged as the run's params)."""
-        return {"seed": self.seed, "train": self.train.model_dump(mode="json"),
+        # `distribution: none` is left out: the settings (and so params_hash and training.json) of a
+        # single-process fit stay what they were before the key existed, as its model bytes do.
+        train = self.train.model_dump(mode="json", exclude={"distribution"} if self.train.distribution == "none"
+                                      else None)
+        return {"seed": self.seed, "train": train,
                 "variant": {"name": self.name, "description": self.description,
                             "layers": [layer.model_dump(mode="json") for layer in self.layers]}}
 
@@ -211,6 +219,11 @@ class PipelineConfig(_Frozen):
             check_model_size(variant.layers, input_shape, num_classes, where=f"models.{name}.layers")
             if variant.tune is not None:
                 variant.tune.check_layers(variant.layers, where=f"models.{name}.tune")
+            train = {**self.train.model_dump(), **{key: value for key, value in variant.train if value is not None}}
+            if train["distribution"] == "multi_worker" and train["seeds"] > 1:
+                # The extra seeds' fits and their predictions would need every worker in step: not built.
+                raise ValueError(f"models.{name}.train: seeds > 1 is not supported with distribution "
+                                 "multi_worker; set seeds: 1, or distribution: none or mirrored")
         return self
 
     def variant(self, name: str) -> Variant:

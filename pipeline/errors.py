@@ -45,3 +45,7 @@ class StorageError(PipelineError, OSError):
 
 class StudyStorageError(PipelineError, RuntimeError):
     """The tuning study's storage cannot be used; the message names its URL, password masked."""
+
+
+class ClusterError(PipelineError, ValueError):
+    """The cluster of a multi-worker fit (TF_CONFIG) is missing or invalid; the message says what to set."""

@@ -15,6 +15,7 @@
     reports/runs/<variant>.json               train: this machine's last fit of a variant (git-ignored);
                                               evaluate adds the id of the MLflow run that logged it
     .cache/train/<variant>/                   train: crash-safety state while a fit runs
+    .cache/train/<variant>.worker-<i>/        train, multi-worker: worker i's own state (removed at its end)
     .cache/tracking/<variant>.run_id          evaluate: the MLflow run being logged (crash safety)
     mlflow.db, mlruns/                        the default MLflow store
     reports/tune/<variant>.json               tune (not a DVC stage): a study's best trial and its -S line
@@ -99,6 +100,11 @@ class Layout:
 
     def work_dir(self, variant: str) -> Path:
         return self.root / ".cache" / "train" / variant
+
+    def worker_work_dir(self, variant: str, index: int) -> Path:
+        """A non-chief worker's work directory: its backups must not overwrite the chief's when two workers
+        share a disk, and the chief removes its own directory when it has published."""
+        return self.root / ".cache" / "train" / f"{variant}.worker-{index}"
 
     def pending_run_file(self, variant: str) -> Path:
         """The id of the MLflow run the evaluate stage is logging a training into, until it has finished:

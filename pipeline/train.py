@@ -7,6 +7,7 @@ MLflow. Crash safety: `pipeline/checkpoint.py`.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import monitor
+from pipeline import distribute, monitor
 from pipeline.checkpoint import WorkDir, backup_bytes, check_backup
 from pipeline.config import PipelineConfig, TrainConfig, Variant
 from pipeline.dataset import PreparedData, load_prepared
@@ -27,12 +28,17 @@ from pipeline.models import augmentation_layers, build_model
 
 
 def _dataset(images: np.ndarray, labels: np.ndarray, settings: TrainConfig, num_classes: int,
-             seed: int, epochs: range | None = None) -> Any:
+             seed: int, epochs: range | None = None, distributed: bool = False) -> Any:
     """Batches of (image, target); given `epochs`, the shuffled training batches of those epochs in a row.
 
     Each epoch is shuffled with a seed made of (seed, epoch number), so its order does not depend on
     how many epochs this process ran before: a run resumed from a backup gets the very batches the
     uninterrupted run got. (A reshuffling dataset would restart its sequence of orders after a resume.)
+
+    `distributed`: the batches are global batches that a tf.distribute strategy splits across replicas.
+    Sharded by DATA: every worker builds the same batches (same seeds) and keeps its part of each, so
+    the replicas of a step see disjoint images and together the single-process batch. (AUTO would look
+    for files to shard and fall back to DATA with a warning; OFF would give every worker the same images.)
     """
     import keras
     import tensorflow as tf
@@ -42,11 +48,16 @@ def _dataset(images: np.ndarray, labels: np.ndarray, settings: TrainConfig, num_
         targets = keras.utils.to_categorical(labels, num_classes)
     examples = tf.data.Dataset.from_tensor_slices((images, targets)).cache()
     if epochs is None:
-        return examples.batch(settings.batch_size).prefetch(tf.data.AUTOTUNE)
-    batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(
-        # train.epochs <= 1000 (config), so no two (seed, epoch) pairs share a shuffle seed.
-        lambda epoch: examples.shuffle(len(labels), seed=seed * 1000 + epoch, reshuffle_each_iteration=False)
-        .batch(settings.batch_size))
+        batches = examples.batch(settings.batch_size)
+    else:
+        batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(
+            # train.epochs <= 1000 (config), so no two (seed, epoch) pairs share a shuffle seed.
+            lambda epoch: examples.shuffle(len(labels), seed=seed * 1000 + epoch, reshuffle_each_iteration=False)
+            .batch(settings.batch_size))
+    if distributed:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        batches = batches.with_options(options)
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
@@ -92,7 +103,7 @@ def _seed_augmentation_per_epoch(model: Any, seed: int) -> Any:
 
 
 def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: int | str = "auto",
-                callbacks: Sequence[Any] = (), system_metrics: bool = False) -> TrainedModel:
+                callbacks: Sequence[Any] = (), system_metrics: bool = False, strategy: Any = None) -> TrainedModel:
     """Build and fit one variant; resume from `work`'s backup if an earlier run was interrupted.
 
     Args:
@@ -104,6 +115,8 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
         callbacks: more Keras callbacks, called after the fit's own at each epoch end (so the epoch
             is already backed up and in the history when they run), e.g. a tuning trial's pruning.
         system_metrics: sample the machine's CPU and memory during the fit (pipeline/monitor.py).
+        strategy: a `tf.distribute` strategy to fit under (`distribute.start`); None fits in this process
+            alone. With several workers, each passes its own `work` (their backups must not collide).
 
     Returns:
         The trained model, its history, a text summary, the facts of the training (reproducible:
@@ -113,11 +126,13 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
 
     settings = variant.train
     set_determinism(variant.seed)
-    model = build_model(variant.layers, data.input_shape, data.num_classes, name=variant.name,
-                        augment=settings.augment, seed=variant.seed)
-    steps_per_epoch = int(np.ceil(len(data.y_train) / settings.batch_size))
-    model.compile(optimizer=_optimizer(settings, steps_per_epoch), loss=settings.loss,
-                  metrics=["accuracy"], jit_compile=settings.jit_compile)
+    steps_per_epoch = int(np.ceil(len(data.y_train) / settings.batch_size))  # batch_size is the global batch
+    # Variables created in a strategy's scope are mirrored on every replica; without one, no scope at all.
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(variant.layers, data.input_shape, data.num_classes, name=variant.name,
+                            augment=settings.augment, seed=variant.seed)
+        model.compile(optimizer=_optimizer(settings, steps_per_epoch), loss=settings.loss,
+                      metrics=["accuracy"], jit_compile=settings.jit_compile)
     work.path.mkdir(parents=True, exist_ok=True)
     resume_epoch, unusable = check_backup(work, settings.epochs)
     resume_note = f"resuming from the backup in {work.backup} after epoch {resume_epoch}" if resume_epoch else None
@@ -128,9 +143,10 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
         work.discard_backup()
     if resume_note:
         print(f"[train {variant.name}] {resume_note}", flush=True)
+    distributed = strategy is not None
     train_data = _dataset(data.x_train, data.y_train, settings, data.num_classes, variant.seed,
-                          epochs=range(resume_epoch, settings.epochs))
-    val_data = _dataset(data.x_val, data.y_val, settings, data.num_classes, variant.seed)
+                          epochs=range(resume_epoch, settings.epochs), distributed=distributed)
+    val_data = _dataset(data.x_val, data.y_val, settings, data.num_classes, variant.seed, distributed=distributed)
     all_callbacks = [
         # Listed before BackupAndRestore, so called before it writes the epoch's backup (the optimizer's
         # variables, part of the backup, exist from the first step on).
@@ -169,6 +185,8 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
         "best_val_accuracy": max(history.get("val_accuracy", [float("nan")])),
         "final_val_accuracy": history.get("val_accuracy", [float("nan")])[-1],
     }
+    if strategy is not None:  # the replica count changes the numbers (how each batch is split)
+        training["replicas"] = int(strategy.num_replicas_in_sync)
     run = {
         "train_seconds": round(seconds, 3),
         "images_per_second": round(epochs_this_process * len(data.y_train) / seconds, 1) if seconds > 0 else None,
@@ -238,33 +256,46 @@ def run_train(config: PipelineConfig, name: str, root: Path, track: bool = True,
         track: check the tracking server first (off for benchmarks that measure bare training).
         extra_tags: more MLflow tags for the run the evaluate stage logs (e.g. the Prefect flow-run id).
 
+    With `train.distribution: multi_worker` every host of TF_CONFIG runs this same function. Worker 0
+    (the chief) does all of the above; any other worker fits with it in its own work directory, saves
+    its model there only to report the model's digest (`model_digest`, equal to the chief's when the
+    workers stayed in step), removes the directory and publishes nothing.
+
     Returns:
-        training.json's content and this run's facts (seconds, resume), as the run record holds them.
+        training.json's content and this run's facts (seconds, resume), as the run record holds them;
+        a non-chief worker's has `worker` (its index) and `published: False`.
     """
     from pipeline import tracking
     from pipeline.lineage import dvc_md5, git_commit
 
     variant = config.variant(name)
+    strategy, cluster = distribute.start(variant.train.distribution)  # before TensorFlow runs any op
     layout = Layout(root)
-    if track:
+    if track and cluster.is_chief:
         tracking.check_server(tracking.tracking_uri(root))  # plain HTTP: MLflow is not imported here
     data_version = dvc_md5(layout.prepared_dir)
-    work = WorkDir(layout.work_dir(name), variant.fingerprint(data_version))
+    work_path = layout.work_dir(name) if cluster.is_chief else layout.worker_work_dir(name, cluster.index)
+    work = WorkDir(work_path, variant.fingerprint(data_version))
     note = work.open()
     if note:
         print(f"[train {name}] {note}", flush=True)
-    if work.has_trained():
+    # A finished, unpublished fit is reused only by a single process: a chief that skipped the fit would
+    # leave the other workers waiting for it at their first step.
+    if work.has_trained() and len(cluster.workers) == 1:
         trained = load_trained(work.trained)
         trained.run = read_json(work.run_facts) if work.run_facts.is_file() else {}
     else:
         data = load_prepared(layout.prepared_dir)
-        trained = fit_variant(variant, data, work, system_metrics=monitor.enabled())
+        trained = fit_variant(variant, data, work, system_metrics=monitor.enabled(), strategy=strategy)
         trained.training.update({"data_version": data_version, "params_hash": variant.params_hash(),
                                  "settings": variant.settings()})
         if variant.train.seeds > 1:
             trained.training["seed_repeats"] = seed_repeats(variant, data, trained, work)
         save_trained(trained, work.trained)
         write_json(work.run_facts, trained.run)
+    if not cluster.is_chief:
+        work.close()
+        return {**trained.training, **trained.run, "worker": cluster.index, "published": False}
     publish(work.trained, layout.model_dir(name))
     # What the evaluate stage logs as the run's lineage and times (not a DVC output: seconds and
     # commits differ from run to run; the evaluate stage adds the run's id once logged).

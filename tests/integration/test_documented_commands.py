@@ -35,6 +35,14 @@ DOC_FILES = ["Makefile", "mk", "requirements.lock", "scripts/exp_show.py", "docs
 # Documented commands that no test runs, and why.
 DOCKER = "the Docker stack (docker-compose.yml): this machine has no Docker engine; tests/unit/test_compose.py " \
          "validates the file and tests/integration/test_stack.py runs the same services natively"
+MULTI_HOST = "needs two hosts; tests/integration/test_multi_worker.py runs the train command as two loopback workers"
+
+
+def readme_tf_config(index: int) -> dict:
+    """The README's two-host TF_CONFIG (section "Training on several hosts") for worker `index`."""
+    return {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": index}}
+
+
 NOT_RUN = {
     "make test": "runs this test suite, which would run itself",
     "make test-fast": "runs this suite's unit tests, which this test belongs to",
@@ -45,6 +53,8 @@ NOT_RUN = {
     "export PREFECT_API_URL=http://localhost:4200/api PREFECT_API_AUTH_STRING=$PREFECT_SERVER_API_AUTH_STRING": DOCKER,
     "export AWS_ACCESS_KEY_ID=$MINIO_APP_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$MINIO_APP_SECRET_KEY": DOCKER,
     "dvc push -r stack": DOCKER,
+    **{f"TF_CONFIG='{json.dumps(readme_tf_config(index))}' {command}": MULTI_HOST
+       for index, command in ((0, "dvc repro train@three_conv"), (1, "python -m pipeline train three_conv"))},
     "python -m pipeline tune three_conv --trials 12": "the recorded output of a real study on the bundled sample "
                                                      "(about 8 minutes); TUNE runs the same command with fewer trials",
 }
