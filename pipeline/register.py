@@ -196,13 +196,12 @@ def disagreement_picture(root: Path, decision: dict[str, Any], data: Any, challe
     The champion is scored again here rather than kept from the gate, so that the gate under the
     promotion lock stays as short as it can be; both scorings load the same checked file.
     """
-    from pipeline import plots
-
     gate, champion = decision.get("mcnemar"), decision.get("previous_champion")
     path = Layout(root).disagreement_figure
     if not gate or not champion:
         path.unlink(missing_ok=True)  # a picture of an earlier comparison would say something untrue
         return None
+    from pipeline import plots  # matplotlib: imported only when there is a picture to draw
     name = decision["model_name"]
     probabilities = test_probabilities(f"models:/{name}/{champion}",
                                        tracking.version_tags(name, champion).get("model_sha256"), data.x_test)
