@@ -8,7 +8,8 @@ the digits (heat from its last Conv2D, 3x3), relu_layers 64% (from the ReLU afte
 
 What this does and does not show: the heat is aligned with the image and not inverted. Untrained
 models (random weights, seeds 0-2, 300 test digits) also put more heat on the stroke, on 71-91% of
-the digits (ink drives any ReLU feature map), so passing it does not show the model learned.
+the digits (ink drives any ReLU feature map), so passing it does not show the model learned; the
+deletion check at the end, compared with the untrained network, does.
 """
 
 from __future__ import annotations
@@ -62,3 +63,48 @@ def test_heat_lies_on_the_stroke_of_correct_digits(prepared: tuple[Path, Prepare
     share = stroke_wins(class_activation_maps(model, correct), correct).mean()
     print(f"{variant}: stroke above background on {share:.1%} of {len(correct)} correct test digits")
     assert share >= THRESHOLDS[variant], f"{variant}: {share:.1%} < {THRESHOLDS[variant]:.0%}"
+
+
+def deletion_wins(model: object, heat: np.ndarray, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Per image: does blanking the hottest half of its stroke pixels cost the class more probability than
+    blanking the coolest half? (A deletion check: where the map points is what the prediction rests on.)"""
+    hottest, coolest = images.copy(), images.copy()
+    for index, (map_, image) in enumerate(zip(heat, images[..., 0], strict=True)):
+        stroke = np.flatnonzero(image.ravel() > 0.5)
+        order = stroke[np.argsort(map_.ravel()[stroke], kind="stable")]
+        half = len(order) // 2
+        hottest[index].reshape(-1)[order[-half:]] = 0.0
+        coolest[index].reshape(-1)[order[:half]] = 0.0
+    rows = np.arange(len(images))
+    after_hottest = model.predict(hottest, verbose=0)[rows, classes]
+    after_coolest = model.predict(coolest, verbose=0)[rows, classes]
+    return after_hottest < after_coolest
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_blanking_where_the_heat_is_costs_the_prediction_more(prepared: tuple[Path, PreparedData], variant: str,
+                                                              tmp_path: Path) -> None:
+    """Stronger than the stroke check above, which untrained models pass too: for the trained model,
+    blanking the stroke pixels its map calls hottest lowers the predicted class's probability more than
+    blanking the coolest ones, on clearly more digits than for the same network untrained (where the
+    map reflects ink, not evidence). Measured on this module's 3-epoch fits: three_conv 53.3 % trained
+    against 45.5 % untrained, relu_layers 55.9 % against 45.0 % (on 2,165 images and 6 epochs: 67 % and
+    63 %). A modest effect at this size; the thresholds keep about 3 points of margin."""
+    from pipeline.models import build_model
+    from pipeline.train import set_determinism
+
+    project, data = prepared
+    config = load_params(project / "params.yaml")
+    shares = {}
+    for trained in (True, False):
+        if trained:
+            model = fit(config, variant, data, tmp_path / "work").model
+        else:
+            set_determinism(config.seed)
+            model = build_model(config.variant(variant).layers, data.input_shape, data.num_classes)
+        predicted = model.predict(data.x_test, verbose=0).argmax(axis=1)
+        chosen = np.flatnonzero(predicted == data.y_test) if trained else np.arange(len(data.y_test))
+        images, classes = data.x_test[chosen], predicted[chosen]
+        shares[trained] = deletion_wins(model, class_activation_maps(model, images, classes), images, classes).mean()
+    print(f"{variant}: deletion check {shares[True]:.1%} trained, {shares[False]:.1%} untrained")
+    assert shares[True] >= 0.5 and shares[True] > shares[False] + 0.05, shares
