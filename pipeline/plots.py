@@ -1,10 +1,11 @@
-"""Every matplotlib figure of the project: error gallery, confusion matrix, curves, filters, data.
+"""Every matplotlib figure of the project: error and Grad-CAM galleries, disagreements, confusion matrix,
+curves, filters, data.
 
 Figures are built as `matplotlib.figure.Figure` objects, never through pyplot's global state, so
 building them is thread-safe and needs no display; `save_figure` renders PNGs with Agg. Images are
 numpy arrays shaped (N, H, W, C), C = 1 (grayscale) or 3 (RGB), float in [0, 1] or uint8 in [0, 255].
 
-Longer than the project's other modules (about 540 lines) on purpose: it is the one place for every
+Longer than the project's other modules (about 600 lines) on purpose: it is the one place for every
 figure, each a function that can be read alone, sharing the image and label helpers at the top.
 """
 
