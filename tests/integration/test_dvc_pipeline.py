@@ -77,8 +77,10 @@ def test_mlflow_runs_have_params_metrics_tags_and_a_loadable_model(reproduced: P
         record = json.loads(Layout(reproduced).run_record(variant).read_text())
         logged = mlflow.pyfunc.load_model(record["model_uri"])
         saved = load_model_checked(reproduced / "models" / variant / "model.keras")
-        np.testing.assert_allclose(logged.predict(data.x_test[:20]),
-                                   saved.predict(data.x_test[:20], verbose=0), rtol=1e-5, atol=1e-6)
+        answered = logged.predict(data.x_test[:20])  # a class name and one probability per class, per image
+        expected = saved.predict(data.x_test[:20], verbose=0)
+        np.testing.assert_allclose(answered[data.class_names].to_numpy(dtype=float), expected, rtol=1e-5, atol=1e-6)
+        assert list(answered["class"]) == [data.class_names[index] for index in expected.argmax(axis=1)]
 
 
 def test_registered_version_with_aliases_and_lineage(reproduced: Path) -> None:
