@@ -100,15 +100,22 @@ def error_gallery_titles(project: Path, variant: str) -> list[str]:
     return [axes.get_title() for axes in gallery.axes if axes.get_title()]
 
 
-def test_an_empty_keras_cache_offline_fails_naming_it_and_what_to_do(tmp_path: Path) -> None:
-    keras_home = tmp_path / "keras-home"
+def _ingest_offline(tmp_path: Path, keras_dataset: str, keras_home: Path) -> tuple[Path, str]:
+    """`python -m pipeline ingest` of a keras data set with downloads blocked; (project, its output),
+    after checking that it failed naming the data set."""
     params = tiny_params(("three_conv",))
-    params["data"].update({"source": "keras", "keras_dataset": "fashion_mnist", "download_timeout_seconds": 5})
+    params["data"].update({"source": "keras", "keras_dataset": keras_dataset, "download_timeout_seconds": 5})
     project = make_project(tmp_path / "project", params)
     failed = run(["python", "-m", "pipeline", "ingest"], project, check=False,
                  env={"KERAS_HOME": str(keras_home), **OFFLINE})
     output = failed.stdout + failed.stderr
-    assert failed.returncode != 0 and "could not load keras.datasets.fashion_mnist" in output, output
+    assert failed.returncode != 0 and f"could not load keras.datasets.{keras_dataset}" in output, output
+    return project, output
+
+
+def test_an_empty_keras_cache_offline_fails_naming_it_and_what_to_do(tmp_path: Path) -> None:
+    keras_home = tmp_path / "keras-home"
+    project, output = _ingest_offline(tmp_path, "fashion_mnist", keras_home)
     assert f"caches in {keras_home / 'datasets'}." in output
     assert "fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz" in output
     assert "data.source: bundled" in output and not (project / "data" / "raw").exists()
@@ -122,13 +129,7 @@ def test_a_made_up_mnist_npz_is_refused_by_its_hash(tmp_path: Path) -> None:
     bundled = read_bundled()
     np.savez(keras_home / "datasets" / "mnist.npz", x_train=bundled.x_train[:400, ..., 0],
              y_train=bundled.y_train[:400], x_test=bundled.x_train[400:500, ..., 0], y_test=bundled.y_train[400:500])
-    params = tiny_params(("three_conv",))
-    params["data"].update({"source": "keras", "keras_dataset": "mnist", "download_timeout_seconds": 5})
-    project = make_project(tmp_path / "project", params)
-    failed = run(["python", "-m", "pipeline", "ingest"], project, check=False,
-                 env={"KERAS_HOME": str(keras_home), **OFFLINE})
-    output = failed.stdout + failed.stderr
-    assert failed.returncode != 0 and "could not load keras.datasets.mnist" in output, output
+    _, output = _ingest_offline(tmp_path, "mnist", keras_home)
     assert "hash does not match" in output  # Keras' own notice, before it tries to download
     assert "only the original file: Keras checks its sha256" in output
     assert not (keras_home / "datasets" / "mnist.npz").exists()
