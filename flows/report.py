@@ -17,7 +17,7 @@ from pipeline.evaluate import EVALUATION_ARTIFACTS
 from pipeline.io import read_json
 from pipeline.layout import Layout
 from pipeline.register import REGISTRATION_ARTIFACTS
-from pipeline.tracking import version_run_id
+from pipeline.tracking import artifact_url, run_url, version_run_id
 
 REPORT_KEY = "training-report"
 GALLERY = f"{EVALUATION_ARTIFACTS}/error_gallery.png"  # on each variant's run
@@ -44,8 +44,6 @@ def trained(root: Path, config: PipelineConfig, rows: list[dict[str, Any]], deci
             before: dict[str, Any], label: str) -> None:
     """After a retrain: the leaderboard, a report of the data growth next to the gate's decision and its
     pictures (shown inline from the MLflow server), a history line."""
-    from pipeline.tracking import artifact_url, run_url
-
     after = history.data_snapshot(root)
     create_table_artifact(table=rows, key="leaderboard", description="Variants ranked on validation accuracy")
     lines = ["# Training report", "", "## Data", "", history.growth_markdown(before, after), "", "## Decision", ""]
@@ -54,7 +52,7 @@ def trained(root: Path, config: PipelineConfig, rows: list[dict[str, Any]], deci
         lines.append(f"**{decision['model_name']} v{decision['version']} ({decision['variant']}): "
                      f"{'promoted to champion' if decision['promoted'] else 'stays challenger'}**, "
                      f"{decision['reason']}." + (f" McNemar table {gate['table']}." if gate else ""))
-        lines += ["", *_pictures(root, decision, artifact_url)]
+        lines += ["", *_pictures(root, decision)]
     lines += ["", "## Variants", "", "| variant | val acc | test acc | params | MLflow run | error gallery |",
               "|---|---|---|---|---|---|"]
     for row in rows:
@@ -75,14 +73,14 @@ def trained(root: Path, config: PipelineConfig, rows: list[dict[str, Any]], deci
         "reason": decision["reason"] if decision else "no registration"})
 
 
-def _pictures(root: Path, decision: dict[str, Any], artifact_url: Any) -> list[str]:
+def _pictures(root: Path, decision: dict[str, Any]) -> list[str]:
     """The champion's error gallery and, when the gate compared two models, where they disagree: images
     the Prefect UI loads from the MLflow server (its artifact URLs; a `file://` link opens nowhere)."""
     lines = []
     champion = decision.get("champion")
     if champion:
         run_id = (decision["run_id"] if champion == decision["version"]
-                  else version_run_id(decision["model_name"], champion))
+                  else version_run_id(root, decision["model_name"], champion))
         lines += [f"### Champion v{champion}: most confident mistakes", "",
                   f"![error gallery of champion v{champion}]({artifact_url(root, run_id, GALLERY)})", ""]
     if decision.get("disagreement_picture") and decision.get("mcnemar"):

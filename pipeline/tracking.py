@@ -512,10 +512,11 @@ def version_tags(name: str, version: str) -> dict[str, str]:
     return dict(mlflow.MlflowClient().get_model_version(name, version).tags)
 
 
-def version_run_id(name: str, version: str) -> str:
-    """The MLflow run a registered version was made from."""
+def version_run_id(root: str | Path, name: str, version: str) -> str:
+    """The MLflow run a registered version was made from (in the project's store, as `run_url` asks it)."""
     import mlflow
 
+    _use(tracking_uri(root))
     return mlflow.MlflowClient().get_model_version(name, version).run_id
 
 

@@ -1,10 +1,7 @@
-"""The stack's MLflow UI in a real browser: a person comparing the variants of a training run.
-
-Headless Debian Chromium driven by Playwright (never `playwright install`: the machine cannot
-download browsers, so Playwright is handed /usr/bin/chromium). The browser signs in with HTTP
-basic credentials, opens the experiment, ticks the variant runs, presses Compare, and the test
-reads each variant's test accuracy off the compare page. Screenshots of each step go to
-tests/artifacts/ (git-ignored); look at them when the test fails.
+"""The stack's MLflow UI in a real browser (tests/integration/browser.py): what a person sees of a
+training run. One test ticks the variant runs, presses Compare and reads each variant's test accuracy
+off the compare page; the other reads each run's dataset and duration off the runs list and opens
+the error gallery on a run page. Screenshots of each step go to tests/artifacts/ (git-ignored).
 """
 
 from __future__ import annotations

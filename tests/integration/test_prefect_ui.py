@@ -77,7 +77,7 @@ def test_the_artifact_page_shows_both_galleries(stack: Stack, second_report: dic
         page.get_by_role("heading", name="Training report").wait_for()
         script = """alts => alts.every(alt => [...document.images].some(
             image => image.alt === alt && image.complete && image.naturalWidth > 0))"""
-        alts = [alt for alt in re.findall(r"!\[([^\]]+)\]", second_report["data"])]
+        alts = re.findall(r"!\[([^\]]+)\]", second_report["data"])
         page.wait_for_function(script, arg=alts)
         widths = page.evaluate("() => Object.fromEntries([...document.images].map(i => [i.alt, i.naturalWidth]))")
         page.get_by_alt_text("disagreement gallery").scroll_into_view_if_needed()
