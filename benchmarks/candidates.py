@@ -21,8 +21,7 @@ import yaml
 
 from pipeline.checkpoint import WorkDir
 from pipeline.config import parse_params, read_params_file
-from pipeline.dataset import load_prepared
-from pipeline.layout import Layout
+from pipeline.dataset import load_prepared, model_outputs
 from pipeline.train import fit_variant
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +29,7 @@ ROOT = HERE.parent
 
 
 def accuracy(model: object, images: np.ndarray, labels: np.ndarray) -> float:
-    return float((np.asarray(model.predict(images, batch_size=512, verbose=0)).argmax(axis=1) == labels).mean())
+    return float((model_outputs(model, images, 512).argmax(axis=1) == labels).mean())
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
     candidates = yaml.safe_load((HERE / "candidates.yaml").read_text())["candidates"]
     raw = read_params_file(ROOT / "params.yaml")
     config = parse_params({**raw, "models": {**raw["models"], **candidates}})
-    data = load_prepared(Layout(ROOT).prepared_dir)
+    data = load_prepared(ROOT)
     lines = []
     for name in arguments.only or list(candidates):
         with tempfile.TemporaryDirectory(prefix="candidate-") as scratch:

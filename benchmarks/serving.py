@@ -85,7 +85,7 @@ def measure(variant: str, singles: int, batches: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         project = prepare_champion(Path(scratch) / "project", variant)
-        images = np.rint(load_prepared(project / "data" / "prepared").x_test * 255).astype(np.uint8)
+        images = np.asarray(load_prepared(project).x_test)
         batch = np.resize(images, (BATCH, *images.shape[1:]))  # the test split repeated if it is smaller
         port, log = free_port(), Path(scratch) / "serve.log"
         command = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/mnist-cnn@champion", "--env-manager",

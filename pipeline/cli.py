@@ -90,7 +90,7 @@ def source(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("
 @_clear_errors
 def prepare(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
             verbose: VerboseOption = False) -> None:
-    """Split train/val/test by content hash, normalise to float32 [0, 1], check leakage; write data/prepared/."""
+    """Split train/val/test by content hash, check leakage; write data/prepared/ (each split's rows of data/raw/)."""
     from pipeline.prepare import run_prepare
 
     report = run_prepare(_config(params), root)

@@ -3,20 +3,34 @@ in-memory form, and the checks that every reader of them applies.
 
 Stages exchange data only through these two formats, so a stage imports this module instead of the
 stage that wrote the files (and DVC reruns it only when the format, not that stage's logic, changes).
+
+The images are stored once, as uint8, in `data/raw/`; `data/prepared/` holds only each split's row
+numbers into those arrays (8 bytes per image). A reader memory-maps the raw arrays and gathers the rows
+of the splits it asks for into uint8 arrays, a quarter of float32. Normalisation to float32 [0, 1]
+happens on the way into the model, a batch or a chunk at a time (`normalise`, `normalised_chunks`; the
+training input pipeline: pipeline/train.py), never for a whole split.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.errors import DataError, MissingInputError
 from pipeline.io import atomic_directory
+from pipeline.layout import Layout
 
 SPLITS = ("train", "val", "test")
+# The format of data/prepared/ (meta.json's "format"): 2 = row numbers into data/raw/ (1 was float32 copies).
+PREPARED_FORMAT = 2
+# Images normalised at once by `normalised_chunks` (28x28: 25 MB of float32).
+CHUNK_IMAGES = 8192
 
 
 @dataclass(frozen=True)
@@ -33,23 +47,27 @@ class RawDataset:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Normalised splits: x_* float32 (N, H, W, C) in [0, 1], y_* int64.
+    """The splits: x_* uint8 (N, H, W, C) in [0, 255] (normalised on the way into a model), y_* int64.
 
-    The test arrays are None when the test split was not loaded (`load_prepared(splits=...)`): tuning
-    selects on the validation split and never has the test images in memory.
+    A split's arrays are None when it was not loaded (`load_prepared(splits=...)`): tuning selects on
+    the validation split and never has the test images in memory; registration reads only the test split.
+    `rows`: for each split, the rows of the raw array (`sources`: "train" or "test") it was taken from.
     """
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
     class_names: list[str]
+    x_train: np.ndarray | None = None
+    y_train: np.ndarray | None = None
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    rows: dict[str, np.ndarray] | None = None
+    sources: dict[str, str] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+        loaded = next(images for images in (self.x_train, self.x_val, self.x_test) if images is not None)
+        return tuple(loaded.shape[1:])  # type: ignore[return-value]
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +87,21 @@ def normalise(images: np.ndarray) -> np.ndarray:
     if images.ndim == 3:
         images = images[..., np.newaxis]
     return images.astype(np.float32) / np.float32(255.0)
+
+
+def normalised_chunks(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """`images` normalised a chunk at a time, each chunk a whole number of `batch_size` batches (so a
+    model's predictions over the chunks equal its predictions over the whole array)."""
+    step = batch_size * max(1, CHUNK_IMAGES // batch_size)
+    for start in range(0, len(images), step):
+        yield normalise(np.asarray(images[start:start + step]))
+
+
+def model_outputs(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """A Keras model's outputs for uint8 `images`, normalised and predicted a chunk at a time."""
+    outputs = [np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0))
+               for chunk in normalised_chunks(images, batch_size)]
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), dtype=np.float32)
 
 
 # A class with fewer than this share of the largest class's images gets a warning in the report.
@@ -117,18 +150,40 @@ def splits_of(dataset: RawDataset) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return splits
 
 
+def raw_digest(dataset: RawDataset) -> str:
+    """sha256 of every raw array's shape, dtype and bytes: what data/prepared/ records it was made from."""
+    digest = hashlib.sha256()
+    for split, images, labels in splits_of(dataset):
+        for array in (images, labels):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{split}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
 def save_raw(dataset: RawDataset, directory: str | Path) -> None:
-    """Write the arrays as .npy (byte-for-byte reproducible, unlike .npz) plus meta.json."""
+    """Write the arrays as .npy (byte-for-byte reproducible, unlike .npz) plus meta.json (with their digest)."""
     with atomic_directory(directory) as staging:
         for split, images, labels in splits_of(dataset):
             np.save(staging / f"x_{split}.npy", images)
             np.save(staging / f"y_{split}.npy", labels)
-        meta = {"class_names": dataset.class_names, "source": dataset.source}
+        meta = {"class_names": dataset.class_names, "source": dataset.source, "digest": raw_digest(dataset)}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def _read_meta(path: Path, rerun: str) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict):
+            raise TypeError(f"a JSON object was expected, found {type(meta).__name__}")
+        return meta
+    except (OSError, ValueError, TypeError) as error:
+        raise DataError(f"{path}: unreadable ({type(error).__name__}: {error}); {rerun}") from None
+
+
 def load_raw(directory: str | Path) -> RawDataset:
-    """Read what `save_raw` wrote, checked again: a damaged file fails here, named, not deep in `prepare`."""
+    """Read what `save_raw` wrote, memory-mapped, checked again: a damaged file fails here, named, not
+    deep in `prepare`."""
     directory = Path(directory)
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
@@ -145,7 +200,7 @@ def load_raw(directory: str | Path) -> RawDataset:
         for kind in ("x", "y"):
             path = directory / f"{kind}_{split}.npy"
             try:
-                array = np.load(path, allow_pickle=False)
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError) as error:
                 raise DataError(f"{path}: unreadable array ({error}); {rerun}") from None
             if kind == "x" and (array.dtype != np.uint8 or array.ndim != 4):
@@ -165,42 +220,72 @@ def load_raw(directory: str | Path) -> RawDataset:
     return dataset
 
 
-def save_prepared(prepared: PreparedData, directory: str | Path) -> None:
+def save_prepared(prepared: PreparedData, directory: str | Path, digest: str) -> None:
+    """Write each split's raw row numbers and meta.json (classes, shape, the raw arrays' `digest`)."""
+    if prepared.rows is None or prepared.sources is None:
+        raise ValueError("save_prepared needs the splits' raw rows (prepare() sets them)")
     with atomic_directory(directory) as staging:
         for name in SPLITS:
-            images, labels = prepared.split(name)
-            np.save(staging / f"x_{name}.npy", images)
-            np.save(staging / f"y_{name}.npy", labels)
-        meta = {"class_names": prepared.class_names, "input_shape": list(prepared.input_shape)}
+            np.save(staging / f"{name}.npy", prepared.rows[name].astype(np.int64))
+        meta = {"format": PREPARED_FORMAT, "class_names": prepared.class_names,
+                "input_shape": list(prepared.input_shape), "sources": prepared.sources, "raw_digest": digest}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_prepared(directory: str | Path, mmap: bool = False, splits: tuple[str, ...] = SPLITS) -> PreparedData:
-    """Read the prepared splits.
+def load_prepared(project: Layout | str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedData:
+    """Read the prepared splits: their rows of the memory-mapped raw arrays, gathered as uint8.
 
     Args:
-        directory: data/prepared.
-        mmap: memory-map the arrays (large data).
-        splits: the splits to read; train and val are always needed. Tuning reads ("train", "val"): the
-            test files are not opened, and the test arrays of the result are None.
+        project: the project's root or its Layout (data/prepared/ and the data/raw/ it indexes).
+        splits: the splits to read. Tuning reads ("train", "val"): the test rows are not opened and no
+            test image is gathered; registration reads ("test",).
 
     Returns:
-        The splits and class names.
+        The splits asked for (the others None), class names, and each split's raw rows.
     """
-    if not {"train", "val"} <= set(splits) <= set(SPLITS):
-        raise ValueError(f"splits must include 'train' and 'val' and be among {SPLITS}, got {splits}")
-    directory = Path(directory)
+    if not splits or not set(splits) <= set(SPLITS):
+        raise ValueError(f"splits must be some of {SPLITS}, got {splits}")
+    layout = project if isinstance(project, Layout) else Layout(Path(project))
+    directory = layout.prepared_dir
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
         raise MissingInputError(f"{directory} holds no prepared data; run the prepare stage first (dvc repro prepare)")
-    meta = json.loads(meta_path.read_text())
-    arrays = {}
+    rerun = "rerun the prepare stage (dvc repro -f prepare)"
+    meta = _read_meta(meta_path, rerun)
+    if meta.get("format") != PREPARED_FORMAT:
+        raise DataError(f"{meta_path}: data/prepared is in format {meta.get('format', 1)}, this code reads format "
+                        f"{PREPARED_FORMAT} (row numbers into data/raw); {rerun}")
+    raw_meta_path = layout.raw_dir / "meta.json"
+    if not raw_meta_path.is_file():
+        raise MissingInputError(f"{layout.raw_dir} holds no ingested data, which {directory} indexes; run the "
+                                "ingest stage first (dvc repro ingest)")
+    if _read_meta(raw_meta_path, "rerun the ingest stage (dvc repro -f ingest)").get("digest") != meta["raw_digest"]:
+        raise DataError(f"{directory} was made from other data than {layout.raw_dir} holds now (the digest in "
+                        f"{raw_meta_path.name} differs); {rerun}")
+    arrays: dict[str, np.ndarray] = {}
+    rows: dict[str, np.ndarray] = {}
+    raw: dict[tuple[str, str], np.ndarray] = {}
     for name in splits:
+        source = meta["sources"][name]
+        path = directory / f"{name}.npy"
+        try:
+            rows[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise DataError(f"{path}: unreadable row numbers ({error}); {rerun}") from None
         for kind in ("x", "y"):
-            path = directory / f"{kind}_{name}.npy"
-            try:
-                arrays[f"{kind}_{name}"] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-            except (OSError, ValueError) as error:
-                raise DataError(f"{path}: unreadable prepared array ({error}); rerun the prepare stage "
-                                "(dvc repro -f prepare)") from None
-    return PreparedData(**arrays, class_names=meta["class_names"])
+            raw_path = layout.raw_dir / f"{kind}_{source}.npy"
+            if (kind, source) not in raw:
+                try:
+                    raw[kind, source] = np.load(raw_path, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError, EOFError) as error:
+                    raise DataError(f"{raw_path}: unreadable array ({error}); rerun the ingest stage "
+                                    "(dvc repro -f ingest)") from None
+            if rows[name].dtype.kind not in "iu" or rows[name].ndim != 1 or (
+                    rows[name].size and (rows[name].min() < 0 or rows[name].max() >= len(raw[kind, source]))):
+                raise DataError(f"{path}: expected row numbers of {raw_path.name} (0..{len(raw[kind, source]) - 1}), "
+                                f"found {rows[name].dtype} {rows[name].shape}; {rerun}")
+            # Rows are ascending: the gather reads the memory-mapped file front to back.
+            gathered = raw[kind, source][rows[name]]
+            arrays[f"{kind}_{name}"] = gathered if kind == "x" else gathered.astype(np.int64)
+    return PreparedData(**arrays, class_names=list(meta["class_names"]), rows=rows,
+                        sources={name: meta["sources"][name] for name in splits})

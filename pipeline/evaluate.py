@@ -16,7 +16,7 @@ from sklearn.metrics import confusion_matrix
 
 from pipeline import plots
 from pipeline.config import EvaluateConfig, PipelineConfig
-from pipeline.dataset import PreparedData, load_prepared
+from pipeline.dataset import PreparedData, load_prepared, model_outputs, normalise
 from pipeline.gradcam import class_activation_maps
 from pipeline.io import read_json, write_json, write_text
 from pipeline.layout import Layout
@@ -36,20 +36,21 @@ class Evaluation:
 
 
 def predict_probabilities(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Softmax outputs in float64, renormalised (float32 rounding leaves rows summing to 1 +- 1e-7)."""
-    probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    """Softmax outputs for uint8 `images` in float64, renormalised (float32 rounding leaves rows summing
+    to 1 +- 1e-7)."""
+    probabilities = model_outputs(model, images, batch_size).astype(np.float64)
     return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
 def feature_maps(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """Activations of every Conv2D layer for one image (seed 002/003: what the filters see)."""
+    """Activations of every Conv2D layer for one uint8 image (seed 002/003: what the filters see)."""
     import keras
 
     layers = conv_layers(model)
     if not layers:
         return []
     probe = keras.Model(model.inputs, [layer.output for layer in layers])
-    outputs = probe.predict(image[np.newaxis], verbose=0)
+    outputs = probe.predict(normalise(image[np.newaxis]), verbose=0)
     outputs = outputs if isinstance(outputs, list) else [outputs]
     return [(layer.name, np.asarray(output[0])) for layer, output in zip(layers, outputs, strict=True)]
 
@@ -94,7 +95,7 @@ def evaluate_model(model: Any, data: PreparedData, history: dict[str, list[float
     if convolutions:
         kernels = np.asarray(convolutions[0].get_weights()[0])
         # The gallery's own tiles, so each heat map sits under the same title as its digit there.
-        heat = class_activation_maps(model, data.x_test[shown], predicted[shown])
+        heat = class_activation_maps(model, normalise(data.x_test[shown]), predicted[shown])
         figures["error_gallery_gradcam.png"] = plots.gradcam_gallery(
             data.x_test, heat, shown, data.y_test, predicted, confidence, data.class_names, cols=cols,
             title=f"{variant}: Grad-CAM of the predicted class on the most confident mistakes")
@@ -170,7 +171,7 @@ def evaluate_variant(config: PipelineConfig, name: str, root: Path, track: bool 
     MLflow run: the training (params, per-epoch metrics, model) and this evaluation (test metrics,
     pictures). `data` saves re-reading the prepared splits.
     """
-    data = data if data is not None else load_prepared(Layout(root).prepared_dir)
+    data = data if data is not None else load_prepared(Layout(root))
     trained, evaluation, written = _score(config, name, root, data)
     if track:
         _log(config, name, root, trained, data, evaluation.metrics, written, None)
@@ -238,7 +239,7 @@ def run_evaluate(config: PipelineConfig, root: Path, variants: list[str] | None 
     for name in chosen:
         config.variant(name)  # unknown names fail before any work
     layout = Layout(root)
-    data = load_prepared(layout.prepared_dir)
+    data = load_prepared(layout)
     experiment_id = tracking.setup(root, config.mlflow.experiment_name) if track else None
     results: dict[str, dict[str, float]] = {}
     for number, name in enumerate(chosen, start=1):

@@ -1,4 +1,4 @@
-"""The `prepare` stage: split by content hash, normalise, check for leakage.
+"""The `prepare` stage: split by content hash, check for leakage.
 
 Each image goes to train, validation or test by a keyed hash of its bytes (the key is the params'
 `seed`), not by a random draw over the whole data set. So when the data grows, every image keeps
@@ -7,7 +7,9 @@ compares a new challenger with the champion on images neither trained on. A sour
 split (IDX t10k files, a folder's test/) is kept as the test split. The price: splits are not
 stratified; the report counts every class in every split so an imbalance is visible.
 
-uint8 [0, 255] -> float32 [0, 1], shaped (N, H, W, C) as Conv2D expects (seeds 002 and 004).
+The stage writes each split's row numbers into the raw arrays, not a copy of the images
+(pipeline/dataset.py); the images stay uint8 (N, H, W, C) and are normalised to float32 [0, 1] on the
+way into the model, as Conv2D expects them (seeds 002 and 004).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import PipelineConfig, PrepareConfig
-from pipeline.dataset import SPLITS, PreparedData, RawDataset, load_raw, normalise, save_prepared
+from pipeline.dataset import SPLITS, PreparedData, RawDataset, load_raw, raw_digest, save_prepared
 from pipeline.errors import DataError
 from pipeline.io import write_json
 from pipeline.layout import Layout
@@ -66,7 +68,7 @@ def cross_split_duplicates(splits: dict[str, np.ndarray]) -> dict[str, int]:
 
 
 def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[PreparedData, dict[str, Any]]:
-    """Split by content hash and normalise; fail when more than `max_duplicate_fraction` of val+test
+    """Split by content hash; fail when more than `max_duplicate_fraction` of val+test
     leaks from train (only a source's own test split can share images with train: equal images hash
     alike and land in the same split).
 
@@ -76,16 +78,20 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
         seed: the key of the split hash.
 
     Returns:
-        The prepared splits and a JSON-able report (sizes, class counts, duplicates).
+        The prepared splits (uint8, with the raw rows they were taken from) and a JSON-able report
+        (sizes, class counts, duplicates).
     """
     official_test = raw.x_test is not None and raw.y_test is not None
     assigned = assign_splits(raw.x_train, seed, config.val_fraction, None if official_test else config.test_fraction)
-    x_train, y_train = raw.x_train[assigned == "train"], raw.y_train[assigned == "train"]
-    x_val, y_val = raw.x_train[assigned == "val"], raw.y_train[assigned == "val"]
+    rows = {name: np.flatnonzero(assigned == name) for name in SPLITS}
+    sources = {"train": "train", "val": "train", "test": "train"}
+    x_train, y_train = raw.x_train[rows["train"]], raw.y_train[rows["train"]]
+    x_val, y_val = raw.x_train[rows["val"]], raw.y_train[rows["val"]]
     if official_test:
-        x_test, y_test = raw.x_test, raw.y_test
+        x_test, y_test = np.asarray(raw.x_test), np.asarray(raw.y_test)
+        rows["test"], sources["test"] = np.arange(len(y_test)), "test"
     else:
-        x_test, y_test = raw.x_train[assigned == "test"], raw.y_train[assigned == "test"]
+        x_test, y_test = raw.x_train[rows["test"]], raw.y_train[rows["test"]]
     for name, labels in (("train", y_train), ("val", y_val), ("test", y_test)):
         if labels.size == 0:
             key = "prepare.test_fraction" if name == "test" else "prepare.val_fraction"
@@ -107,10 +113,9 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
             f"{config.max_duplicate_fraction}. Deduplicate the data or raise the threshold."
         )
     prepared = PreparedData(
-        x_train=normalise(x_train), y_train=y_train.astype(np.int64),
-        x_val=normalise(x_val), y_val=y_val.astype(np.int64),
-        x_test=normalise(x_test), y_test=y_test.astype(np.int64),
-        class_names=list(raw.class_names),
+        x_train=x_train, y_train=y_train.astype(np.int64), x_val=x_val, y_val=y_val.astype(np.int64),
+        x_test=x_test, y_test=y_test.astype(np.int64), class_names=list(raw.class_names), rows=rows,
+        sources=sources,
     )
     report = {
         "source": raw.source,
@@ -135,11 +140,12 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
     return prepared, report
 
 
-def write_prepare(prepared: PreparedData, report: dict[str, Any], layout: Layout) -> None:
-    """The file edge of the stage: prepared arrays, the split report and the class histogram."""
+def write_prepare(prepared: PreparedData, report: dict[str, Any], layout: Layout, digest: str) -> None:
+    """The file edge of the stage: the splits' raw rows (`digest`: of the raw arrays they index), the split
+    report and the class histogram."""
     from pipeline import plots
 
-    save_prepared(prepared, layout.prepared_dir)
+    save_prepared(prepared, layout.prepared_dir, digest)
     write_json(layout.prepare_report, report)
     figure = plots.class_histogram_figure(report["per_class"], prepared.class_names)
     plots.save_figure(figure, layout.class_histogram_figure)
@@ -148,6 +154,7 @@ def write_prepare(prepared: PreparedData, report: dict[str, Any], layout: Layout
 def run_prepare(config: PipelineConfig, root: Path) -> dict[str, Any]:
     """The whole `prepare` stage: data/raw/ -> data/prepared/ and reports/data/; return the report."""
     layout = Layout(root)
-    prepared, report = prepare(load_raw(layout.raw_dir), config.prepare, config.seed)
-    write_prepare(prepared, report, layout)
+    raw = load_raw(layout.raw_dir)
+    prepared, report = prepare(raw, config.prepare, config.seed)
+    write_prepare(prepared, report, layout, raw_digest(raw))
     return report

@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.config import PipelineConfig
-from pipeline.dataset import load_prepared
+from pipeline.dataset import load_prepared, model_outputs
 from pipeline.errors import MissingInputError, RegistryError
 from pipeline.io import read_json, write_json, write_text
 from pipeline.layout import Layout
@@ -103,10 +103,11 @@ def promotion_lock(model_name: str, root: Path, timeout_seconds: float = 600) ->
 
 
 def test_probabilities(model_uri: str, expected_sha256: str | None, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, classes) of a registered model, loaded as a checked `.keras` file in safe mode."""
+    """Class probabilities (N, classes) of a registered model for uint8 `images`, the model loaded as a
+    checked `.keras` file in safe mode."""
     with tempfile.TemporaryDirectory() as scratch:
         model = load_model_checked(tracking.download_model_file(model_uri, Path(scratch)), expected_sha256)
-        return np.asarray(model.predict(images, batch_size=512, verbose=0))
+        return model_outputs(model, images, 512)
 
 
 def test_predictions(model_uri: str, expected_sha256: str | None, images: np.ndarray) -> np.ndarray:
@@ -233,7 +234,7 @@ def run_register(config: PipelineConfig, root: Path) -> dict[str, Any]:
     variant = str(table.iloc[0]["variant"])
     training = read_json(layout.training_file(variant))
     metrics = read_json(layout.metrics_file(variant))
-    data = load_prepared(layout.prepared_dir)
+    data = load_prepared(layout, splits=("test",))
     predicted, confidence = evaluated_predictions(root, variant, data)
     tracking.setup(root, config.mlflow.experiment_name)
     run = tracking.find_training_run(config.mlflow.experiment_name, training["model_digest"])

@@ -117,14 +117,14 @@ def search_space(config: PipelineConfig, variant_name: str) -> tuple[Variant, Se
 
 def load_tuning_data(root: str | Path) -> PreparedData:
     """Train and validation splits only: the test split's files are not opened while tuning."""
-    return load_prepared(Layout(root).prepared_dir, splits=("train", "val"))
+    return load_prepared(Layout(root), splits=("train", "val"))
 
 
 def study_name(variant: Variant, space: SearchSpace, data: PreparedData) -> str:
     """`<variant>-<hash>` of the variant's settings, its search space and the train/val data."""
     digest = hashlib.sha256()
     for array in (data.x_train, data.y_train, data.x_val, data.y_val):
-        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
     key = {"settings": variant.params_hash(), "space": space.model_dump(mode="json"), "data": digest.hexdigest()}
     return f"{variant.name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
 

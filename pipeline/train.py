@@ -20,7 +20,7 @@ import numpy as np
 from pipeline import distribute, monitor
 from pipeline.checkpoint import WorkDir, backup_bytes, check_backup
 from pipeline.config import PipelineConfig, TrainConfig, Variant
-from pipeline.dataset import PreparedData, load_prepared
+from pipeline.dataset import SPLITS, PreparedData, load_prepared, model_outputs, normalise
 from pipeline.io import atomic_directory, read_json, write_json
 from pipeline.layout import Layout
 from pipeline.model_files import TrainedModel, load_trained, save_trained
@@ -30,6 +30,12 @@ from pipeline.models import augmentation_layers, build_model
 def _dataset(images: np.ndarray, labels: np.ndarray, settings: TrainConfig, num_classes: int,
              seed: int, epochs: range | None = None, distributed: bool = False) -> Any:
     """Batches of (image, target); given `epochs`, the shuffled training batches of those epochs in a row.
+
+    A stream, not a tensor of the split: tf.data shuffles and batches the row numbers, and each batch
+    gathers its rows of the uint8 `images` and normalises them (`normalise`) on the way in, with
+    prefetching. So no split is ever one tensor (TensorFlow's 2 GB graph-constant limit) nor float32
+    in memory. Shuffling row numbers draws the very order that shuffling the images did (the order
+    depends on the seed and the count, not on the elements).
 
     Each epoch is shuffled with a seed made of (seed, epoch number), so its order does not depend on
     how many epochs this process ran before: a run resumed from a backup gets the very batches the
@@ -46,14 +52,26 @@ def _dataset(images: np.ndarray, labels: np.ndarray, settings: TrainConfig, num_
     targets = labels
     if settings.loss == "categorical_crossentropy":  # one-hot labels, as seeds 000 and 003 do
         targets = keras.utils.to_categorical(labels, num_classes)
-    examples = tf.data.Dataset.from_tensor_slices((images, targets)).cache()
+
+    def gather(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return normalise(images[rows]), targets[rows]
+
+    def load(rows: Any) -> tuple[Any, Any]:
+        batch, batch_targets = tf.numpy_function(gather, [rows], (tf.float32, tf.as_dtype(targets.dtype)),
+                                                 stateful=False)
+        batch.set_shape((None, *images.shape[1:]))
+        batch_targets.set_shape((None, *targets.shape[1:]))
+        return batch, batch_targets
+
+    rows = tf.data.Dataset.range(len(labels))
     if epochs is None:
-        batches = examples.batch(settings.batch_size)
+        batches = rows.batch(settings.batch_size)
     else:
         batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(
             # train.epochs <= 1000 (config), so no two (seed, epoch) pairs share a shuffle seed.
-            lambda epoch: examples.shuffle(len(labels), seed=seed * 1000 + epoch, reshuffle_each_iteration=False)
+            lambda epoch: rows.shuffle(len(labels), seed=seed * 1000 + epoch, reshuffle_each_iteration=False)
             .batch(settings.batch_size))
+    batches = batches.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if distributed:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -219,9 +237,8 @@ def seed_repeats(variant: Variant, data: PreparedData, first: TrainedModel, work
     never used to choose.)
     """
     def accuracies(model: Any) -> dict[str, float]:
-        return {f"{split}_accuracy": float((np.asarray(model.predict(getattr(data, f"x_{split}"), batch_size=512,
-                                                                      verbose=0)).argmax(axis=1)
-                                            == getattr(data, f"y_{split}")).mean())
+        return {f"{split}_accuracy": float((model_outputs(model, data.split(split)[0], 512).argmax(axis=1)
+                                            == data.split(split)[1]).mean())
                 for split in ("val", "test")}
 
     repeats = [{"seed": variant.seed, **accuracies(first.model)}]
@@ -285,7 +302,8 @@ def run_train(config: PipelineConfig, name: str, root: Path, track: bool = True,
         trained = load_trained(work.trained)
         trained.run = read_json(work.run_facts) if work.run_facts.is_file() else {}
     else:
-        data = load_prepared(layout.prepared_dir)
+        # The test split only for seed repeats' test accuracies (reported, never used to choose).
+        data = load_prepared(layout, splits=SPLITS if variant.train.seeds > 1 else ("train", "val"))
         trained = fit_variant(variant, data, work, system_metrics=monitor.enabled(), strategy=strategy)
         trained.training.update({"data_version": data_version, "params_hash": variant.params_hash(),
                                  "settings": variant.settings()})

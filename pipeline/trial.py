@@ -16,10 +16,9 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from pipeline.checkpoint import WorkDir
 from pipeline.config import Variant
+from pipeline.dataset import model_outputs
 from pipeline.errors import ParamsError
 from pipeline.layers import ConvLayer, DenseLayer, DropoutLayer, check_model_size, infer_shapes
 from pipeline.layout import Layout
@@ -151,7 +150,7 @@ class TrialRunner:
         try:
             trained = fit_variant(variant, self.data, work, verbose=0,
                                   callbacks=[KerasPruningCallback(trial, METRIC)])
-            predicted = np.asarray(trained.model.predict(self.data.x_val, batch_size=512, verbose=0)).argmax(axis=1)
+            predicted = model_outputs(trained.model, self.data.x_val, 512).argmax(axis=1)
             value = float((predicted == self.data.y_val).mean())
             trial.set_user_attr("epochs_run", trained.training["epochs_run"])
         finally:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.dataset import load_prepared
+from pipeline.dataset import load_prepared, normalise
 from pipeline.layout import Layout
 from pipeline.model_files import load_model_checked
 from tests.conftest import TINY_VARIANTS, make_project, run
@@ -58,7 +58,7 @@ def test_mlflow_runs_have_params_metrics_tags_and_a_loadable_model(reproduced: P
     experiment = tracking.get_experiment_by_name("cnn-variants")
     runs = tracking.search_runs([experiment.experiment_id])
     assert sorted(run.data.tags["variant"] for run in runs) == sorted(TINY_VARIANTS)  # one run per variant
-    data = load_prepared(reproduced / "data" / "prepared")
+    data = load_prepared(reproduced)
     lock = yaml.safe_load((reproduced / "dvc.lock").read_text())
     prepared_md5 = next(out["md5"] for out in lock["stages"]["prepare"]["outs"] if out["path"] == "data/prepared")
     for finished in runs:
@@ -77,8 +77,9 @@ def test_mlflow_runs_have_params_metrics_tags_and_a_loadable_model(reproduced: P
         record = json.loads(Layout(reproduced).run_record(variant).read_text())
         logged = mlflow.pyfunc.load_model(record["model_uri"])
         saved = load_model_checked(reproduced / "models" / variant / "model.keras")
-        answered = logged.predict(data.x_test[:20])  # a class name and one probability per class, per image
-        expected = saved.predict(data.x_test[:20], verbose=0)
+        images = normalise(data.x_test[:20])
+        answered = logged.predict(images)  # a class name and one probability per class, per image
+        expected = saved.predict(images, verbose=0)
         np.testing.assert_allclose(answered[data.class_names].to_numpy(dtype=float), expected, rtol=1e-5, atol=1e-6)
         assert list(answered["class"]) == [data.class_names[index] for index in expected.argmax(axis=1)]
 

@@ -91,7 +91,7 @@ def error_gallery_titles(project: Path, variant: str) -> list[str]:
     layout = Layout(project)
     config = load_params(project / "params.yaml")
     trained = load_trained(layout.model_dir(variant))
-    evaluation = evaluate_model(trained.model, load_prepared(layout.prepared_dir), trained.history,
+    evaluation = evaluate_model(trained.model, load_prepared(layout), trained.history,
                                 config.evaluate, config.variant(variant).name)
     gallery = evaluation.figures["error_gallery.png"]
     redrawn = save_figure(gallery, project / "redrawn_error_gallery.png")

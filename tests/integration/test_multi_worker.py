@@ -9,11 +9,10 @@ import re
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.config import load_params
-from pipeline.dataset import load_prepared
+from pipeline.dataset import load_prepared, model_outputs
 from pipeline.ingest import run_ingest
 from pipeline.layout import Layout
 from pipeline.model_files import load_trained
@@ -75,13 +74,13 @@ def test_two_workers_train_one_model(tmp_path: Path) -> None:
     assert not layout.work_dir(VARIANT).exists()
 
     # The same settings in one process: the same accuracy on the test split, within one point.
-    data = load_prepared(layout.prepared_dir)
+    data = load_prepared(layout)
     single = fit(load_params(project / "params.yaml", overrides={"train.distribution": "none"}), VARIANT, data,
                  tmp_path / "single")
     distributed = load_trained(layout.model_dir(VARIANT))
 
     def test_accuracy(model: object) -> float:
-        predicted = np.asarray(model.predict(data.x_test, batch_size=512, verbose=0)).argmax(axis=1)  # type: ignore[attr-defined]
+        predicted = model_outputs(model, data.x_test, 512).argmax(axis=1)
         return float((predicted == data.y_test).mean())
 
     accuracies = {"multi_worker": test_accuracy(distributed.model), "none": test_accuracy(single.model)}

@@ -23,7 +23,7 @@ from PIL import Image
 
 from pipeline import tracking
 from pipeline.config import load_params
-from pipeline.dataset import load_prepared
+from pipeline.dataset import load_prepared, normalise
 from pipeline.errors import RegistryError
 from pipeline.ingest import run_ingest
 from pipeline.lineage import file_sha256
@@ -41,7 +41,7 @@ class Registry:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.config = load_params(root / "params.yaml")
-        self.data = load_prepared(root / "data" / "prepared")
+        self.data = load_prepared(root)
         tracking.setup(root, self.config.mlflow.experiment_name)
 
     def register(self, epochs: int) -> tuple[str, str]:
@@ -158,7 +158,7 @@ def test_served_champion_answers_invocations(registry: Registry, versions: dict)
             except requests.ConnectionError:
                 assert server.poll() is None, server.stdout.read() if server.stdout else ""
                 time.sleep(1)
-        images = registry.data.x_test[:8]
+        images = normalise(registry.data.x_test[:8])
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", json={"instances": images.tolist()},
                                timeout=60)
         assert answer.status_code == 200, answer.text
@@ -179,7 +179,7 @@ def test_predict_cli_classifies_a_folder(registry: Registry, versions: dict, tmp
     folder = tmp_path / "digits"
     folder.mkdir()
     for index in range(6):
-        image = (registry.data.x_test[index, :, :, 0] * 255).round().astype(np.uint8)
+        image = registry.data.x_test[index, :, :, 0]
         Image.fromarray(image).save(folder / f"digit_{index}.png")
     result = run(["python", "-m", "pipeline", "predict", str(folder)], registry.root)
     rows = [line.split() for line in result.stdout.strip().splitlines()]

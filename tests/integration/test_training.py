@@ -43,7 +43,7 @@ def prepared_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_same_inputs_give_identical_weights(prepared_project: Path, tmp_path: Path) -> None:
     config = load_params(prepared_project / "params.yaml")
-    data = load_prepared(prepared_project / "data" / "prepared")
+    data = load_prepared(prepared_project)
     first = fit(config, "three_conv", data, tmp_path / "first")
     second = fit(config, "three_conv", data, tmp_path / "second")
     other_seed = fit(config, "three_conv", data, tmp_path / "third", seed=config.seed + 1)
@@ -61,7 +61,7 @@ def test_yaml_only_variant_builds_and_trains(prepared_project: Path, tmp_path: P
     ]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     config = load_params(tmp_path / "params.yaml")
-    data = load_prepared(prepared_project / "data" / "prepared")
+    data = load_prepared(prepared_project)
     result = fit(config, "my_variant", data, tmp_path / "work")
     assert result.training["params"] == (3 * 3 * 1 + 1) * 4 + 13 * 13 * 4 * 10 + 10
     assert len(result.history["val_accuracy"]) == 1

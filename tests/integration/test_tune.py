@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import optuna
 import pytest
 
 from pipeline.checkpoint import WorkDir
 from pipeline.config import PipelineConfig, load_params, parse_params, read_params_file
+from pipeline.dataset import model_outputs
 from pipeline.ingest import run_ingest
 from pipeline.layout import Layout
 from pipeline.prepare import run_prepare
@@ -49,8 +49,7 @@ def prepared_tune_project(destination: Path) -> Path:
     config = load_params(project / "params.yaml")
     run_ingest(config, project)
     run_prepare(config, project)
-    for name in ("x_test.npy", "y_test.npy"):
-        (Layout(project).prepared_dir / name).unlink()
+    (Layout(project).prepared_dir / "test.npy").unlink()  # the test split's rows of data/raw
     return project
 
 
@@ -81,7 +80,7 @@ def report(project: Path) -> dict:
 
 
 def test_trials_run_without_the_test_split_and_the_best_is_reported(project: Path, report: dict) -> None:
-    assert not (Layout(project).prepared_dir / "x_test.npy").exists()  # never needed, never read
+    assert not (Layout(project).prepared_dir / "test.npy").exists()  # never needed, never read
     states = [trial["state"] for trial in report["trial_list"]]
     assert states == ["COMPLETE", "PRUNED", "COMPLETE"] and report["trials"]["complete"] == 2
     assert report["trial_list"][1]["value"] < report["trial_list"][0]["value"]
@@ -127,7 +126,7 @@ def test_applying_the_best_trial_trains_its_very_model(project: Path, report: di
     assert applied.train.learning_rate == report["best"]["params"]["learning_rate"]
     data = load_tuning_data(project)
     trained = fit_variant(applied, data, WorkDir(tmp_path / "work", "test"), verbose=0)
-    predicted = np.asarray(trained.model.predict(data.x_val, verbose=0)).argmax(axis=1)
+    predicted = model_outputs(trained.model, data.x_val, 32).argmax(axis=1)
     assert float((predicted == data.y_val).mean()) == report["best"]["val_accuracy"]
 
 

@@ -702,13 +702,13 @@ def champion(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     project = _copy_project(ingested, tmp_path_factory.mktemp("champion") / "project")
     config = load_params(project / "params.yaml")
-    data = load_prepared(project / "data" / "prepared")
+    data = load_prepared(project)
     experiment_id = tracking.setup(project, config.mlflow.experiment_name)
     with tempfile.TemporaryDirectory() as scratch:
         model = fit(config, "three_conv", data, Path(scratch)).model
         with tracking.training_run(experiment_id, "tiny", {"variant": "three_conv"}) as run_id:
             uri = tracking.log_keras_model(model, data.class_names)
-        expected = np.asarray(model.predict(data.x_test[:SERVED_DIGITS], verbose=0))
+        expected = np.asarray(model.predict(as_float(data.x_test[:SERVED_DIGITS]), verbose=0))
         sha256 = file_sha256(tracking.download_model_file(uri, Path(scratch) / "download"))
     version = tracking.register_version(uri, MODEL_NAME, {"run_id": run_id, "model_sha256": sha256,
                                                           "class_names": json.dumps(data.class_names)})
@@ -813,9 +813,11 @@ def images_request(texts: list[str]) -> dict[str, Any]:
     return {"json": {"dataframe_split": {"columns": ["image"], "data": [[text] for text in texts]}}}
 
 
-def as_uint8(images: np.ndarray) -> np.ndarray:
-    """The prepared float images back as the 0-255 pixels they were divided from."""
-    return np.rint(images * 255).astype(np.uint8)
+def as_float(images: np.ndarray) -> np.ndarray:
+    """The prepared uint8 images as the model takes them: float32 in [0, 1] (the pipeline's normalisation)."""
+    from pipeline.dataset import normalise
+
+    return normalise(images)
 
 
 # case -> (request, expected status, what the error says)
@@ -870,7 +872,7 @@ def test_served_model_rejects_bad_input_and_keeps_serving(champion: Champion, ca
         assert says in answer.text, answer.text
     assert champion.server.poll() is None, "the server died"
     # It still answers a good request: four PNGs of test digits.
-    images = as_uint8(load_prepared(champion.project / "data" / "prepared").x_test[:4])
+    images = load_prepared(champion.project).x_test[:4]
     valid = requests.post(f"{champion.url}/invocations", timeout=60,
                           **images_request([png_base64(image) for image in images]))
     assert valid.status_code == 200, valid.text
@@ -887,13 +889,13 @@ def test_served_model_classifies_pngs_and_pixels_as_the_trained_model_does(champ
     model gets right comes back as its class name."""
     from pipeline.dataset import load_prepared
 
-    data = load_prepared(champion.project / "data" / "prepared")
+    data = load_prepared(champion.project)
     images, labels = data.x_test[:SERVED_DIGITS], data.y_test[:SERVED_DIGITS]
     champion.wait_until_serving()
     requests_by_form = {
-        "png": images_request([png_base64(image) for image in as_uint8(images)]),
-        "uint8": {"json": {"inputs": as_uint8(images)[..., 0].tolist()}},
-        "float": {"json": {"instances": images.tolist()}},
+        "png": images_request([png_base64(image) for image in images]),
+        "uint8": {"json": {"inputs": images[..., 0].tolist()}},
+        "float": {"json": {"instances": as_float(images).tolist()}},
     }
     right = champion.expected.argmax(axis=1) == labels
     assert right.any(), "the tiny model classifies none of the test digits; nothing to check the names with"
@@ -908,7 +910,7 @@ def test_served_model_classifies_pngs_and_pixels_as_the_trained_model_does(champ
         assert [classes[index] for index in np.flatnonzero(right)] == [
             champion.class_names[label] for label in labels[right]], form
     # A batch larger than one forward pass (serving.PREDICT_SLICE) is answered whole and in order.
-    large = np.resize(as_uint8(images), (300, *images.shape[1:]))
+    large = np.resize(images, (300, *images.shape[1:]))
     answer = requests.post(f"{champion.url}/invocations", json={"inputs": large.tolist()}, timeout=120)
     assert answer.status_code == 200, answer.text[:500]
     probabilities = np.array([[row[name] for name in champion.class_names] for row in answer.json()["predictions"]])

@@ -68,7 +68,7 @@ def models(project: Path) -> dict[str, Any]:
     from tests.conftest import fit
 
     config = load_params(project / "params.yaml")
-    data = load_prepared(project / "data" / "prepared")
+    data = load_prepared(project)
     trained = {}
     for quality, epochs in EPOCHS.items():
         if epochs:
@@ -84,7 +84,7 @@ def models(project: Path) -> dict[str, Any]:
 def register(project: Path, models: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """Log and register each model in the tracking store in force; {quality: (version, sha256)}."""
     config = load_params(project / "params.yaml")
-    data = load_prepared(project / "data" / "prepared")
+    data = load_prepared(project)
     versions = {}
     for quality, model in models.items():
         experiment_id = tracking.setup(project, config.mlflow.experiment_name)
@@ -108,7 +108,7 @@ def _init_worker(root: str) -> None:
     """A spawned process: config and data loaded once (TensorFlow imported once)."""
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     config = load_params(Path(root) / "params.yaml")
-    _WORKER.update(config=config, root=Path(root), data=load_prepared(Path(root) / "data" / "prepared"))
+    _WORKER.update(config=config, root=Path(root), data=load_prepared(Path(root)))
 
 
 def _gate_at(start_at: float, store: dict[str, str], version: str, sha256: str) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def workers(project: Path) -> Iterator[Any]:
 
 def race_threads(project: Path, versions: dict, repetitions: int) -> Counter:
     config = load_params(project / "params.yaml")
-    data = load_prepared(project / "data" / "prepared")
+    data = load_prepared(project)
     orders: Counter = Counter()
     for _ in range(repetitions):
         tracking.set_alias(NAME, CHAMPION, versions["weak"][0])

@@ -21,7 +21,7 @@ import pytest
 
 from pipeline.checkpoint import BACKUP_MANIFEST, WorkDir, check_backup
 from pipeline.config import load_params
-from pipeline.dataset import load_prepared
+from pipeline.dataset import load_prepared, model_outputs
 from pipeline.ingest import run_ingest
 from pipeline.layout import Layout
 from pipeline.model_files import load_trained
@@ -45,8 +45,8 @@ def history_rows(work: Path) -> int:
 
 
 def test_accuracy(model: object, project: Path) -> float:
-    data = load_prepared(project / "data" / "prepared")
-    predicted = np.asarray(model.predict(data.x_test, batch_size=512, verbose=0)).argmax(axis=1)  # type: ignore[attr-defined]
+    data = load_prepared(project)
+    predicted = model_outputs(model, data.x_test, 512).argmax(axis=1)
     return float((predicted == data.y_test).mean())
 
 
@@ -95,7 +95,7 @@ def reference(killed: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The same training, never interrupted (in this process)."""
     project = killed["snapshot"]
     config = load_params(project / "params.yaml")
-    result = fit(config, VARIANT, load_prepared(project / "data" / "prepared"), tmp_path_factory.mktemp("reference"))
+    result = fit(config, VARIANT, load_prepared(project), tmp_path_factory.mktemp("reference"))
     return {"history": result.history, "test_accuracy": test_accuracy(result.model, project),
             "weights": weights_digest(result.model)}
 

@@ -55,7 +55,7 @@ def test_growing_data_keeps_every_images_split() -> None:
         raw = RawDataset(x_train=bundled.x_train[arrival[:count]], y_train=bundled.y_train[arrival[:count]],
                          class_names=bundled.class_names, source="bundled")
         prepared, _ = prepare(raw, PrepareConfig(), seed=42)
-        return {(image * 255).round().astype(np.uint8).tobytes(): split for split in ("train", "val", "test")
+        return {image.tobytes(): split for split in ("train", "val", "test")
                 for image in prepared.split(split)[0]}
 
     old, new = splits_of(3000), splits_of(4500)

@@ -1,0 +1,150 @@
+"""data/prepared/ as row numbers into the uint8 data/raw/ arrays, and the training stream that reads them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import PrepareConfig, TrainConfig
+from pipeline.dataset import RawDataset, load_prepared, model_outputs, normalise, raw_digest, save_prepared, save_raw
+from pipeline.errors import DataError
+from pipeline.layout import Layout
+from pipeline.prepare import prepare
+from pipeline.train import _dataset
+
+
+def raw_dataset(count: int, seed: int = 0, official_test: bool = False) -> RawDataset:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, 6, 6, 1), dtype=np.uint8)
+    labels = np.arange(count, dtype=np.int64) % 3
+    test = {"x_test": rng.integers(0, 256, (count // 4, 6, 6, 1), dtype=np.uint8),
+            "y_test": labels[: count // 4].copy()} if official_test else {}
+    return RawDataset(x_train=images, y_train=labels, class_names=["a", "b", "c"], source="generated", **test)
+
+
+def write_project(root: Path, raw: RawDataset) -> Layout:
+    """data/raw/ and data/prepared/ as the ingest and prepare stages write them."""
+    layout = Layout(root)
+    save_raw(raw, layout.raw_dir)
+    prepared, _ = prepare(raw, PrepareConfig(val_fraction=0.2, test_fraction=0.2), seed=3)
+    save_prepared(prepared, layout.prepared_dir, raw_digest(raw))
+    return layout
+
+
+@pytest.mark.parametrize("official_test", [False, True])
+def test_loaded_splits_are_the_prepared_uint8_images(tmp_path: Path, official_test: bool) -> None:
+    raw = raw_dataset(400, official_test=official_test)
+    expected, _ = prepare(raw, PrepareConfig(val_fraction=0.2, test_fraction=0.2), seed=3)
+    loaded = load_prepared(write_project(tmp_path, raw))
+    for name in ("train", "val", "test"):
+        images, labels = loaded.split(name)
+        assert images.dtype == np.uint8 and labels.dtype == np.int64
+        assert np.array_equal(images, expected.split(name)[0]) and np.array_equal(labels, expected.split(name)[1])
+    if official_test:
+        assert np.array_equal(loaded.x_test, raw.x_test)  # the source's own test split, whole
+    assert loaded.input_shape == (6, 6, 1)
+
+
+def test_prepared_data_costs_row_numbers_not_images(tmp_path: Path) -> None:
+    raw = raw_dataset(2000)
+    layout = write_project(tmp_path, raw)
+    arrays = sum(path.stat().st_size for path in layout.prepared_dir.glob("*.npy"))
+    assert arrays <= 8 * 2000 + 3 * 128  # int64 row numbers and three .npy headers
+    assert arrays < raw.x_train.nbytes / 4  # these 6x6 images are 36 bytes; a 28x28 digit is 784
+
+
+def test_tuning_loads_no_test_image(tmp_path: Path) -> None:
+    layout = write_project(tmp_path, raw_dataset(400))
+    (layout.prepared_dir / "test.npy").unlink()
+    loaded = load_prepared(layout, splits=("train", "val"))
+    assert loaded.x_test is None and loaded.y_test is None and loaded.x_train is not None
+    with pytest.raises(DataError, match="the test split was not loaded"):
+        loaded.split("test")
+
+
+def test_prepared_rows_of_other_raw_data_are_refused(tmp_path: Path) -> None:
+    """Rows index one version of data/raw; after a new ingest without a new prepare they would pick
+    other images, so the loader compares the digests and says what to rerun."""
+    layout = write_project(tmp_path, raw_dataset(400))
+    save_raw(raw_dataset(400, seed=1), layout.raw_dir)
+    with pytest.raises(DataError, match=r"made from other data than .*data/raw holds now.*dvc repro -f prepare"):
+        load_prepared(layout)
+
+
+def test_prepared_data_of_the_float32_format_is_refused(tmp_path: Path) -> None:
+    layout = write_project(tmp_path, raw_dataset(100))
+    meta_path = layout.prepared_dir / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["format"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"meta.json: data/prepared is in format 1, this code reads format 2"):
+        load_prepared(layout)
+
+
+def test_rows_outside_the_raw_array_are_refused(tmp_path: Path) -> None:
+    layout = write_project(tmp_path, raw_dataset(100))
+    np.save(layout.prepared_dir / "val.npy", np.array([0, 100], dtype=np.int64))
+    with pytest.raises(DataError, match=r"val.npy: expected row numbers of x_train.npy \(0..99\)"):
+        load_prepared(layout)
+
+
+def test_chunked_predictions_equal_one_call_on_the_normalised_split() -> None:
+    import keras
+
+    images = np.random.default_rng(0).integers(0, 256, (70, 6, 6, 1), dtype=np.uint8)
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    whole = model.predict(normalise(images), batch_size=16, verbose=0)
+    from pipeline import dataset
+
+    saved = dataset.CHUNK_IMAGES
+    dataset.CHUNK_IMAGES = 20  # chunks of 16 images (one batch), so 70 images take five chunks
+    try:
+        chunked = model_outputs(model, images, 16)
+    finally:
+        dataset.CHUNK_IMAGES = saved
+    assert np.array_equal(chunked, whole)
+
+
+def _whole_array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, epochs: range) -> list:
+    """The input pipeline before the stream: the whole normalised split as one tensor, shuffled per epoch."""
+    import tensorflow as tf
+
+    examples = tf.data.Dataset.from_tensor_slices((normalise(images), labels)).cache()
+    batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(
+        lambda epoch: examples.shuffle(len(labels), seed=seed * 1000 + epoch, reshuffle_each_iteration=False)
+        .batch(batch_size))
+    return list(batches.as_numpy_iterator())
+
+
+def test_the_stream_gives_the_batches_the_whole_array_pipeline_gave() -> None:
+    """Shuffling row numbers draws the order shuffling the images drew: same batches, same models.
+    From epoch 2 on too, as a run resumed after epoch 1 asks for them."""
+    raw = raw_dataset(300)
+    settings = TrainConfig(batch_size=32, epochs=3)
+    for epochs in (range(0, 3), range(1, 3)):
+        streamed = list(_dataset(raw.x_train, raw.y_train, settings, 3, seed=5, epochs=epochs).as_numpy_iterator())
+        expected = _whole_array_batches(raw.x_train, raw.y_train, 32, 5, epochs)
+        assert len(streamed) == len(expected) == len(epochs) * 10
+        for (images, labels), (want_images, want_labels) in zip(streamed, expected, strict=True):
+            assert images.dtype == np.float32 and np.array_equal(images, want_images)
+            assert np.array_equal(labels, want_labels)
+
+
+def test_the_stream_holds_no_split_in_its_graph() -> None:
+    """The whole-array pipeline put the split into the dataset's graph as a constant (TensorFlow's 2 GB
+    limit); the stream's graph is the same size for 100 images as for 20,000."""
+    import tensorflow as tf
+
+    def graph_bytes(count: int, stream: bool) -> int:
+        raw = raw_dataset(count)
+        if stream:
+            data = _dataset(raw.x_train, raw.y_train, TrainConfig(batch_size=32), 3, seed=0, epochs=range(0, 1))
+        else:
+            data = tf.data.Dataset.from_tensor_slices((normalise(raw.x_train), raw.y_train)).batch(32)
+        return len(data._as_serialized_graph().numpy())
+
+    assert graph_bytes(20_000, stream=False) > graph_bytes(100, stream=False) + 20_000 * 36  # the check can fail
+    assert abs(graph_bytes(20_000, stream=True) - graph_bytes(100, stream=True)) < 200
