@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,8 @@ MAX_CSV_BYTES_PER_COLUMN = 32
 MAX_PROBLEMS_SHOWN = 20
 # How often a folder source reports its progress while it checks and decodes the files.
 PROGRESS_SECONDS = 10.0
+# What an IDX file is read in (a .gz file is decompressed twice: to measure its size, then into the array).
+IDX_CHUNK_BYTES = 1 << 24
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -133,20 +136,24 @@ def read_keras(name: str, timeout_seconds: float) -> RawDataset:
 # --------------------------------------------------------------------------- idx
 
 
-def _open_maybe_gzip(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as handle:
-                return handle.read()
-        return path.read_bytes()
-    except PermissionError:
-        raise  # read_source names the path and the fix
-    except (OSError, EOFError) as error:
-        raise DataError(f"{path}: cannot read ({error})") from None
+def _idx_size(path: Path) -> int:
+    """The length of an IDX file's content: its size, or for .gz what it decompresses to (read through
+    once, a chunk at a time, so that the check costs no memory)."""
+    if path.suffix != ".gz":
+        return path.stat().st_size
+    total = 0
+    with gzip.open(path, "rb") as handle:
+        while chunk := handle.read(IDX_CHUNK_BYTES):
+            total += len(chunk)
+    return total
 
 
 def read_idx_file(path: str | Path, expected_dims: int) -> np.ndarray:
     """Parse one IDX file (unsigned bytes), checking the magic number, dimensions and size.
+
+    The content is read straight into the array once its size is known to match the header: reading
+    the whole file and then wrapping it held a .gz file's data twice (`GzipFile.read()` joins its
+    chunks), and a forged header never makes it allocate more than the file holds.
 
     Args:
         path: the file, optionally gzip-compressed.
@@ -156,28 +163,50 @@ def read_idx_file(path: str | Path, expected_dims: int) -> np.ndarray:
         A uint8 array with the dimensions the header declares.
     """
     path = Path(path)
-    content = _open_maybe_gzip(path)
-    if len(content) < 4:
-        raise DataError(f"{path}: {len(content)} bytes is too short for an IDX header")
-    zero, dtype_code, dims = int.from_bytes(content[0:2], "big"), content[2], content[3]
-    expected_magic = 0x0800 | expected_dims
-    magic = int.from_bytes(content[0:4], "big")
-    if zero != 0 or dtype_code != 0x08 or dims != expected_dims:
-        raise DataError(
-            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-            f"(unsigned bytes, {expected_dims} dimension{'s' if expected_dims > 1 else ''})"
-        )
-    header_size = 4 + 4 * dims
-    if len(content) < header_size:
-        raise DataError(f"{path}: truncated header ({len(content)} bytes, expected {header_size})")
-    shape = tuple(int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
-    expected_size = header_size + math.prod(shape)  # Python ints: a forged header cannot overflow
-    if len(content) != expected_size:
-        raise DataError(
-            f"{path}: size {len(content)} bytes does not match its header {shape}: expected "
-            f"{expected_size} bytes ({'truncated' if len(content) < expected_size else 'trailing data'})"
-        )
-    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+    try:
+        return _read_idx_file(path, expected_dims)
+    except PermissionError:
+        raise  # read_source names the path and the fix
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot read ({error})") from None
+
+
+def _read_idx_file(path: Path, expected_dims: int) -> np.ndarray:
+    size = _idx_size(path)
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
+        if size < 4:
+            raise DataError(f"{path}: {size} bytes is too short for an IDX header")
+        magic_bytes = handle.read(4)
+        zero, dtype_code, dims = int.from_bytes(magic_bytes[0:2], "big"), magic_bytes[2], magic_bytes[3]
+        expected_magic = 0x0800 | expected_dims
+        magic = int.from_bytes(magic_bytes, "big")
+        if zero != 0 or dtype_code != 0x08 or dims != expected_dims:
+            raise DataError(
+                f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+                f"(unsigned bytes, {expected_dims} dimension{'s' if expected_dims > 1 else ''})"
+            )
+        header_size = 4 + 4 * dims
+        if size < header_size:
+            raise DataError(f"{path}: truncated header ({size} bytes, expected {header_size})")
+        dimensions = handle.read(4 * dims)
+        shape = tuple(int.from_bytes(dimensions[4 * i: 4 + 4 * i], "big") for i in range(dims))
+        expected_size = header_size + math.prod(shape)  # Python ints: a forged header cannot overflow
+        if size != expected_size:
+            raise DataError(
+                f"{path}: size {size} bytes does not match its header {shape}: expected "
+                f"{expected_size} bytes ({'truncated' if size < expected_size else 'trailing data'})"
+            )
+        array = np.empty(shape, dtype=np.uint8)
+        target = memoryview(array).cast("B")
+        filled = 0
+        while filled < len(target):
+            # In chunks: GzipFile.readinto decompresses into a bytes object of the requested size first.
+            count = handle.readinto(target[filled:filled + IDX_CHUNK_BYTES])
+            if not count:
+                raise DataError(f"{path}: shorter than when its size was checked ({header_size + filled} bytes); "
+                                "was it changed while being read?")
+            filled += count
+    return array
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
