@@ -23,7 +23,7 @@ IMAGE_FORMATS = ("PNG", "JPEG")
 TRAINED_SIZE = "data.image_width/image_height"  # where the expected size comes from, for the messages
 
 
-def _open(source: Path | bytes):  # -> PIL.Image.Image, imported lazily (PIL is not needed to import this)
+def _open(source: str | Path | bytes):  # -> PIL.Image.Image, imported lazily (PIL is not needed to import this)
     from PIL import Image
 
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=IMAGE_FORMATS)
@@ -35,14 +35,14 @@ def _size_problem(name: str, size: tuple[int, int], height: int, width: int) -> 
     return f"{name}: image is {size[0]}x{size[1]} (width x height), expected {width}x{height} from {TRAINED_SIZE}"
 
 
-def check_image_header(source: Path | bytes, height: int, width: int, name: str | None = None) -> str | None:
+def check_image_header(source: str | Path | bytes, height: int, width: int, name: str | None = None) -> str | None:
     """What is wrong with an image judged by its header alone (not decoded), or None.
 
     PIL reads the declared size without decoding the pixels, so a decompression bomb (a small PNG that
     declares 30000x30000) is refused by its size before it can take memory.
 
     Args:
-        source: an image file, or its bytes.
+        source: an image file (a path or its str), or its bytes.
         height, width: the size it must have.
         name: what the message calls it (default: the path; required for bytes, e.g. "row 3").
 
@@ -68,23 +68,36 @@ def check_image_header(source: Path | bytes, height: int, width: int, name: str 
     return _size_problem(name, size, height, width)
 
 
-def read_image(source: Path | bytes, height: int, width: int, channels: int, name: str | None = None) -> np.ndarray:
+def read_image(source: str | Path | bytes, height: int, width: int, channels: int,
+               name: str | None = None) -> np.ndarray:
     """One image as uint8 (H, W, C); its header is checked (size) before its pixels are decoded.
 
     Args:
-        source: an image file, or its bytes.
+        source: an image file (a path or its str), or its bytes.
         height, width, channels: the trained image shape; colour is converted to it (1: grayscale).
         name: what an error calls it (default: the path).
 
     Raises:
         DataError starting with `name`: not a PNG/JPEG, truncated, or not height x width.
     """
-    from PIL import Image, UnidentifiedImageError
-
     name = name or str(source)
     problem = check_image_header(source, height, width, name)
     if problem:
         raise DataError(problem)
+    return decode_image(source, height, width, channels, name)
+
+
+def decode_image(source: str | Path | bytes, height: int, width: int, channels: int,
+                 name: str | None = None) -> np.ndarray:
+    """`read_image` of a source whose header already passed `check_image_header` (the folder source
+    checks every header first, then decodes: one header read per file instead of two, 20 % of the time).
+
+    Raises:
+        DataError starting with `name`: truncated or undecodable data, or not height x width after all.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    name = name or str(source)
     try:
         with _open(source) as image:
             image.load()

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,8 @@ import numpy as np
 
 from pipeline.config import DataConfig, PipelineConfig
 from pipeline.dataset import RawDataset, save_raw, splits_of, validate_dataset
-from pipeline.io import write_json
+from pipeline.errors import StorageError
+from pipeline.io import describe_bytes, write_json
 from pipeline.layout import Layout
 from pipeline.sources import read_source
 from pipeline.versioning import readable_copy, tracked_source
@@ -97,10 +101,90 @@ def ingest(config: DataConfig, seed: int, root: str | Path = ".") -> tuple[RawDa
     return dataset, report
 
 
+# meta.json, reports/data/ingest.json and samples.png: well under this.
+INGEST_OVERHEAD_BYTES = 1 << 20
+# DVC's default cache.type: a reflink where the file system has them, else a copy.
+DVC_DEFAULT_LINK_TYPES = ("reflink", "copy")
+
+
+def raw_bytes(dataset: RawDataset) -> int:
+    """What `save_raw` writes for `dataset`, without meta.json: each array's .npy file, header and data."""
+    total = 0
+    for _, images, labels in splits_of(dataset):
+        for array in (images, labels):
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+            total += header.tell() + array.nbytes
+    return total
+
+
+def dvc_cache_copy(root: Path) -> Path | None:
+    """The cache directory DVC copies data/raw into when it commits the stage's outputs, or None: not a DVC
+    repository, or its cache.type only links (hardlink, symlink). A reflink is counted as a copy: it costs
+    nothing only on file systems that have reflinks (btrfs, XFS), and DVC falls back to copying."""
+    dvc_dir = root / ".dvc"
+    if not dvc_dir.is_dir():
+        return None
+    from dvc.config import Config, ConfigError  # here: only the file edge of the stage needs DVC
+
+    try:
+        cache = Config(dvc_dir=str(dvc_dir))["cache"]
+    except ConfigError:  # `dvc` itself will refuse this config; the space check assumes the defaults
+        cache = {}
+    link_types = cache.get("type") or DVC_DEFAULT_LINK_TYPES
+    if all(link_type in ("hardlink", "symlink") for link_type in link_types):
+        return None
+    return Path(cache.get("dir") or dvc_dir / "cache")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_space(dataset: RawDataset, layout: Layout) -> dict[Path, int]:
+    """Fail before writing when a disk lacks room for the new data/raw (and DVC's cache copy of it).
+
+    The previous data/raw stays as it is: `save_raw` swaps the new directory in only once it is complete,
+    so it needs its full size free even when it replaces one of the same size.
+
+    Returns:
+        The bytes needed in each checked directory (one per file system).
+
+    Raises:
+        StorageError naming the directory, the bytes needed and the bytes free.
+    """
+    raw = raw_bytes(dataset) + INGEST_OVERHEAD_BYTES
+    images = sum(labels.size for _, _, labels in splits_of(dataset))
+    shape = "x".join(str(size) for size in dataset.x_train.shape[1:])
+    what = f"{images:,} images of {shape} uint8"
+    data_dir = _existing(layout.raw_dir.parent)
+    needs = {data_dir: raw}
+    cache = dvc_cache_copy(layout.root)
+    if cache is not None:
+        cache_dir = _existing(cache)
+        if os.stat(cache_dir).st_dev == os.stat(data_dir).st_dev:
+            needs[data_dir] += raw
+            what += ", plus DVC's cache copy"
+        else:
+            needs[cache_dir] = raw
+    for directory, needed in needs.items():
+        free = shutil.disk_usage(directory).free
+        if needed > free:
+            purpose = "the new data/raw" if directory == data_dir else "DVC's cache copy of the new data/raw"
+            raise StorageError(
+                f"{directory}: ingest needs {describe_bytes(needed)} free for {purpose} ({what}), but only "
+                f"{describe_bytes(free)} is available; free {describe_bytes(needed - free)} or more, or set "
+                "data.max_images (a stratified subsample); the previous data/raw is unchanged")
+    return needs
+
+
 def write_ingest(dataset: RawDataset, report: dict[str, Any], layout: Layout) -> None:
-    """The file edge of the stage: raw arrays, report JSON and the sample grid."""
+    """The file edge of the stage: raw arrays, report JSON and the sample grid (after `check_space`)."""
     from pipeline import plots
 
+    check_space(dataset, layout)
     save_raw(dataset, layout.raw_dir)
     write_json(layout.ingest_report, report)
     figure = plots.samples_per_class_figure(dataset.x_train, dataset.y_train, dataset.class_names)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -90,3 +91,11 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def describe_bytes(count: int) -> str:
+    """A byte count for a message: "1.2 GB (1,234,567,890 bytes)" (decimal units, as `df -H` shows them)."""
+    if abs(count) < 1000:
+        return f"{count:,} bytes"
+    exponent = min(4, int(math.log10(abs(count))) // 3)
+    return f"{count / 1000 ** exponent:.1f} {('KB', 'MB', 'GB', 'TB')[exponent - 1]} ({count:,} bytes)"
