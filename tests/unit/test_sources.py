@@ -145,6 +145,33 @@ def test_csv_with_and_without_header(tmp_path: Path, header: bool) -> None:
     assert dataset.x_train.shape == (20, 28, 28, 1) and dataset.y_train[:3].tolist() == [0, 1, 2]
 
 
+def test_csv_is_parsed_in_chunks_into_one_uint8_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows, labels and the line numbers of errors come out as if parsed whole, and the peak is the uint8
+    images plus one chunk's copies (parsed whole, the table's int64 and float64 copies peaked at 27
+    times the images)."""
+    from pipeline import sources
+
+    monkeypatch.setattr(sources, "CSV_CHUNK_ROWS", 256)
+    path = write_csv(tmp_path / "digits.csv", rows=3000)  # 12 chunks, the last one short
+    tracemalloc.start()
+    try:
+        dataset = read_csv(path, 28, 28, 1, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    rng = np.random.default_rng(1)
+    expected = np.stack([rng.integers(0, 256, 784) for _ in range(3000)])  # write_csv's own draws
+    assert dataset.x_train.shape == (3000, 28, 28, 1) and np.array_equal(dataset.x_train.reshape(3000, -1), expected)
+    assert dataset.y_train.tolist() == [row % 10 for row in range(3000)]
+    chunk_copies = 256 * 785 * 8 * 8  # measured: 10.8 MB in all (images and copies)
+    assert peak < dataset.x_train.nbytes + chunk_copies, peak  # whole: about 27 x 2.4 MB = 64 MB
+    lines = path.read_text().splitlines()
+    lines[2900] = lines[2900].replace(",", ",x", 1)  # line 2901 of the file, in the twelfth chunk
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"digits.csv: line 2901, column 'pixel0' is not a number: 'x"):
+        read_csv(path, 28, 28, 1, None)
+
+
 def test_csv_wrong_column_count(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "digits.csv", pixels=783)
     with pytest.raises(DataError, match=r"784 columns, expected 785 .*28x28x1"):
