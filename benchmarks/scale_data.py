@@ -128,3 +128,18 @@ def write_folder(directory: Path, count: int, seed: int, size: int = 64) -> Path
 def link_tree(source: Path, destination: Path) -> None:
     """Hard-link a generated data set into a project copy (no second copy of its bytes on disk)."""
     shutil.copytree(source, destination, copy_function=os.link)
+
+
+def main() -> None:
+    """`python -m benchmarks.scale_data idx|folder DIRECTORY COUNT SEED`: scale.py generates in a process of
+    its own, so that its own memory (the floor of every stage's ru_maxrss, see scale.py) stays small."""
+    import sys
+
+    kind, directory, count, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    if kind not in ("idx", "folder"):
+        raise ValueError(f"the kind of data set is idx or folder, not {kind!r}")
+    (write_idx if kind == "idx" else write_folder)(directory, count, seed)
+
+
+if __name__ == "__main__":
+    main()
