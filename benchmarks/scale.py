@@ -20,10 +20,10 @@ beside it, stays near 0.1 GB). The tree is also sampled with psutil every 0.2 s:
 is judged on: it is exact (the kernel updates it at every page fault; a 0.2 s sampler can miss a short
 peak, and the last moments of a process) and it is what the stage costs the machine at its largest; the
 sampled stage process shows which process set it (measured: equal to wait4 within 1-6 MB in every
-stage). One caveat, measured: a child's ru_maxrss starts at its parent's peak RSS (Linux keeps the high-
-water mark of the memory it replaces at exec, and Python's subprocess forks with vfork), so this process
-never loads data itself (it generates in a subprocess, fits in workers): its own peak, the floor of
-every figure, is recorded with each stage (`floor_bytes`, about 0.05 GB).
+stage). One caveat, measured: a child's ru_maxrss starts at its parent's peak RSS (Linux keeps the
+high-water mark of the memory it replaces at exec, and Python's subprocess forks with vfork), so this
+process never loads data itself (it generates in a subprocess, fits in workers): its own peak, the floor
+of every figure, is recorded with each stage (`floor_bytes`, about 0.05 GB).
 
 Disk: bytes of data/raw, data/prepared and .dvc/cache after the last stage (file sizes; DVC copies
 into its cache on this file system, so the workspace and the cache hold separate bytes), per image.
