@@ -297,7 +297,7 @@ def design_reference(dataset: dict[str, Any], baseline: dict[str, Any]) -> tuple
         (entry for entry in entries.values() if entry["kind"] == dataset["kind"] and "disk" in entry),
         key=lambda entry: entry["images"], default=None)
     if same is not None:
-        return per_image(same), f"{same['name']} at {baseline.get('commit', '?')}"
+        return per_image(same), f"{same['name']} at {baseline.get('commit', '?').split()[0]}"
     pixels = dataset["shape"][0] * dataset["shape"][1] * dataset["shape"][2]
     return {"raw": pixels, "prepared": 4 * pixels, "cache": 5 * pixels}, "arithmetic (no baseline entry)"
 
@@ -346,7 +346,7 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any]) -> str:
              "| " + " | ".join(str(value) for value in about.values()) + " |", "",
              f"Variant {VARIANT}, 1 epoch, one `dvc repro <stage>` process per stage in a fresh project copy; "
              f"{result['mode']} mode; took {result['minutes']:.1f} min. Peak RSS: `os.wait4` of the dvc process "
-             "(ru_maxrss: the largest process of its tree, the stage's python or dvc); sampled: psutil every "
+             "(ru_maxrss: the largest process of its tree, the stage's python); sampled: psutil every "
              "0.2 s, the stage's `python -m pipeline` process / the sum over the tree. MB = 10^6 bytes.", "",
              "| data | images | HxWxC | stage | seconds | peak RSS MB (wait4) | sampled stage / tree MB | load "
              "| status |",
@@ -441,11 +441,19 @@ def main() -> None:
     parser.add_argument("--write-baseline", action="store_true", help=f"record the figures in {BASELINE.name}")
     parser.add_argument("--no-results", action="store_true", help="do not write benchmarks/results.md")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    parser.add_argument("--render", type=Path, help="no measuring: the section of a result --out wrote")
     parser.add_argument("--worker", choices=["pipeline", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.worker:
         print(json.dumps(fit_once(arguments.worker, arguments.project, arguments.epochs)))
+        return
+    if arguments.render:
+        text = markdown(json.loads(arguments.render.read_text()),
+                        json.loads(BASELINE.read_text()) if BASELINE.is_file() else {})
+        if not arguments.no_results:
+            write_section(text)
+        print(text)
         return
     sizes = [6_000, 12_000] if arguments.quick else [int(size) for size in arguments.sizes.split(",")]
     colour = 2_000 if arguments.quick else arguments.colour
