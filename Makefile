@@ -52,7 +52,7 @@ test-fast: $(STAMP)  ## Only the fast tests (no training, no servers)
 bench: $(STAMP)  ## Measure speed (benchmarks/, figures go into the README)
 	$(BIN)/python -m benchmarks.run
 
-bench-scale: $(STAMP)  ## The pipeline on 60,000 and 300,000 images and 50,000 colour ones: time, memory, disk (~30 min)
+bench-scale: $(STAMP)  ## The pipeline on 60,000 and 300,000 images and 50,000 colour ones: time, memory, disk (~8 min)
 	$(BIN)/python -m benchmarks.scale
 
 demo-continuous: $(STAMP)  ## Continuous training, day by day, offline (demo-continuous/; about 6 minutes)

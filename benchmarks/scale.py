@@ -382,6 +382,8 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any]) -> str:
                   "arrays (same `build_model` network and compile), each fit a process of its own, alternating:", "",
                   throughput_markdown({"rows": [throughput]})]
     lines += ["", "| goal | figure | |", "|---|---|---|"]
+    if baseline.get("measured_at") == about["time"]:
+        lines[-2:-2] = ["This run is the baseline (scale_baseline.json): the bytes goals compare it with itself.", ""]
     for goal, figure, met in goals(result, baseline):
         lines.append(f"| {goal} | {figure} | {'met' if met else '**not met**'} |")
     return "\n".join(lines)
@@ -404,6 +406,7 @@ def write_baseline(result: dict[str, Any]) -> None:
     """Merge this run's data sets into scale_baseline.json (a quick run adds its small ones)."""
     baseline = json.loads(BASELINE.read_text()) if BASELINE.is_file() else {"datasets": {}}
     baseline.update({"commit": result["machine"]["code"], "measured_at": result["machine"]["time"],
+                     "machine": result["machine"],
                      "note": "today's design: data/prepared holds float32 arrays (4 bytes per pixel), training "
                              "slices the whole array with tf.data.Dataset.from_tensor_slices"})
     baseline["datasets"].update({dataset["name"]: dataset for dataset in result["datasets"]})
