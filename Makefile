@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps repro exp-show plots tune test test-fast bench lint mlflow-ui clean demo-continuous
+.PHONY: help install system-deps repro exp-show plots tune test test-fast bench bench-scale lint mlflow-ui clean demo-continuous
 .DEFAULT_GOAL := help
 
 help:  ## List the targets
@@ -51,6 +51,9 @@ test-fast: $(STAMP)  ## Only the fast tests (no training, no servers)
 
 bench: $(STAMP)  ## Measure speed (benchmarks/, figures go into the README)
 	$(BIN)/python -m benchmarks.run
+
+bench-scale: $(STAMP)  ## The pipeline on 60,000 and 300,000 images and 50,000 colour ones: time, memory, disk (~8 min)
+	$(BIN)/python -m benchmarks.scale
 
 demo-continuous: $(STAMP)  ## Continuous training, day by day, offline (demo-continuous/; about 6 minutes)
 	$(BIN)/python -m flows.demo --dir demo-continuous
