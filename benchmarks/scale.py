@@ -195,38 +195,10 @@ def measure_dataset(spec: dict[str, Any], data_dir: Path, scratch: Path, seed: i
 
 
 def load_splits(project: Path) -> Any:
-    """The train and val splits as the train stage reads them, by either signature of `load_prepared`:
-    `load_prepared(Layout)` (uint8 images of data/raw, memory-mapped) or `load_prepared(directory)`."""
+    """The train and val splits as the train stage reads them (uint8 images gathered from data/raw)."""
     from pipeline.dataset import load_prepared
-    from pipeline.layout import Layout
 
-    layout = Layout(project)
-    try:
-        return load_prepared(layout, splits=("train", "val"))
-    except TypeError:  # today's signature: the data/prepared directory of float32 arrays
-        return load_prepared(layout.prepared_dir, splits=("train", "val"))
-
-
-def as_float32(images: Any) -> Any:
-    """In-memory float32 in [0, 1], whichever form the prepared images have (uint8, or float32 / memmap)."""
-    import numpy as np
-
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / np.float32(255.0)
-    return np.array(images, dtype=np.float32)
-
-
-def compile_like_fit_variant(model: Any, settings: Any, steps_per_epoch: int) -> None:
-    """The compile of pipeline/train.py's fit_variant: optimizer by name at the learning rate (cosine
-    decay over the epochs when set), the loss, accuracy, jit_compile."""
-    import keras
-
-    learning_rate: Any = settings.learning_rate
-    if settings.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            settings.learning_rate, decay_steps=max(1, settings.epochs * steps_per_epoch))
-    optimizer = keras.optimizers.get({"class_name": settings.optimizer, "config": {"learning_rate": learning_rate}})
-    model.compile(optimizer=optimizer, loss=settings.loss, metrics=["accuracy"], jit_compile=settings.jit_compile)
+    return load_prepared(project, splits=("train", "val"))
 
 
 def fit_once(arm: str, project: Path, epochs: int) -> dict[str, Any]:
@@ -235,8 +207,9 @@ def fit_once(arm: str, project: Path, epochs: int) -> dict[str, Any]:
 
     from pipeline.checkpoint import WorkDir
     from pipeline.config import AugmentConfig, load_params
+    from pipeline.dataset import normalise
     from pipeline.models import build_model
-    from pipeline.train import fit_variant
+    from pipeline.train import fit_variant, make_optimizer
 
     config = load_params(project / "params.yaml")
     variant = config.variant(VARIANT)
@@ -249,11 +222,12 @@ def fit_once(arm: str, project: Path, epochs: int) -> dict[str, Any]:
                                   WorkDir(Path(scratch), "bench"), verbose=0)
         seconds = trained.run["train_seconds"]
     else:
-        x_train, x_val = as_float32(data.x_train), as_float32(data.x_val)
+        x_train, x_val = normalise(data.x_train), normalise(data.x_val)
         y_train, y_val = np.asarray(data.y_train), np.asarray(data.y_val)
         model = build_model(variant.layers, data.input_shape, data.num_classes, name=variant.name,
                             augment=AugmentConfig(), seed=variant.seed)
-        compile_like_fit_variant(model, settings, int(np.ceil(len(y_train) / settings.batch_size)))
+        model.compile(optimizer=make_optimizer(settings, int(np.ceil(len(y_train) / settings.batch_size))),
+                      loss=settings.loss, metrics=["accuracy"], jit_compile=settings.jit_compile)
         started = time.perf_counter()
         model.fit(x_train, y_train, batch_size=settings.batch_size, epochs=epochs, validation_data=(x_val, y_val),
                   verbose=2)

@@ -79,7 +79,8 @@ def _dataset(images: np.ndarray, labels: np.ndarray, settings: TrainConfig, num_
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def _optimizer(settings: TrainConfig, steps_per_epoch: int) -> Any:
+def make_optimizer(settings: TrainConfig, steps_per_epoch: int) -> Any:
+    """The optimizer the `train` block names, at its learning rate (cosine decay over the epochs when set)."""
     import keras
 
     learning_rate: Any = settings.learning_rate
@@ -149,7 +150,7 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(variant.layers, data.input_shape, data.num_classes, name=variant.name,
                             augment=settings.augment, seed=variant.seed)
-        model.compile(optimizer=_optimizer(settings, steps_per_epoch), loss=settings.loss,
+        model.compile(optimizer=make_optimizer(settings, steps_per_epoch), loss=settings.loss,
                       metrics=["accuracy"], jit_compile=settings.jit_compile)
     work.path.mkdir(parents=True, exist_ok=True)
     resume_epoch, unusable = check_backup(work, settings.epochs)
