@@ -224,15 +224,15 @@ def load_raw(directory: str | Path) -> RawDataset:
     return dataset
 
 
-def save_prepared(prepared: PreparedData, directory: str | Path, digest: str) -> None:
-    """Write each split's raw row numbers and meta.json (classes, shape, the raw arrays' `digest`)."""
-    if prepared.rows is None or prepared.sources is None:
-        raise ValueError("save_prepared needs the splits' raw rows (prepare() sets them)")
+def save_prepared(directory: str | Path, rows: dict[str, np.ndarray], sources: dict[str, str], class_names: list[str],
+                  input_shape: list[int], digest: str) -> None:
+    """Write each split's raw row numbers and meta.json (classes, shape, which raw array each split's rows
+    index, and the raw arrays' `digest`)."""
     with atomic_directory(directory) as staging:
         for name in SPLITS:
-            np.save(staging / f"{name}.npy", prepared.rows[name].astype(np.int64))
-        meta = {"format": PREPARED_FORMAT, "class_names": prepared.class_names,
-                "input_shape": list(prepared.input_shape), "sources": prepared.sources, "raw_digest": digest}
+            np.save(staging / f"{name}.npy", np.asarray(rows[name], dtype=np.int64))
+        meta = {"format": PREPARED_FORMAT, "class_names": list(class_names), "input_shape": list(input_shape),
+                "sources": {name: sources[name] for name in SPLITS}, "raw_digest": digest}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -269,13 +269,16 @@ def gather_rows(path: Path, rows: np.ndarray) -> np.ndarray:
     return result
 
 
-def load_prepared(project: Layout | str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedData:
+def load_prepared(project: Layout | str | Path, splits: tuple[str, ...] = SPLITS,
+                  labels_only: tuple[str, ...] = ()) -> PreparedData:
     """Read the prepared splits: their rows of the memory-mapped raw arrays, gathered as uint8.
 
     Args:
         project: the project's root or its Layout (data/prepared/ and the data/raw/ it indexes).
         splits: the splits to read. Tuning reads ("train", "val"): the test rows are not opened and no
             test image is gathered; registration reads ("test",).
+        labels_only: splits among `splits` whose labels are read but not their images (x_* None): the
+            evaluate stage needs the training split's labels only.
 
     Returns:
         The splits asked for (the others None), class names, and each split's raw rows.
@@ -309,7 +312,7 @@ def load_prepared(project: Layout | str | Path, splits: tuple[str, ...] = SPLITS
             rows[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
             raise DataError(f"{path}: unreadable row numbers ({error}); {rerun}") from None
-        for kind in ("x", "y"):
+        for kind in ("y",) if name in labels_only else ("x", "y"):
             raw_path = layout.raw_dir / f"{kind}_{source}.npy"
             try:
                 if (kind, source) not in lengths:

@@ -171,7 +171,7 @@ def evaluate_variant(config: PipelineConfig, name: str, root: Path, track: bool 
     MLflow run: the training (params, per-epoch metrics, model) and this evaluation (test metrics,
     pictures). `data` saves re-reading the prepared splits.
     """
-    data = data if data is not None else load_prepared(Layout(root))
+    data = data if data is not None else load_prepared(Layout(root), labels_only=("train",))
     trained, evaluation, written = _score(config, name, root, data)
     if track:
         _log(config, name, root, trained, data, evaluation.metrics, written, None)
@@ -239,7 +239,7 @@ def run_evaluate(config: PipelineConfig, root: Path, variants: list[str] | None 
     for name in chosen:
         config.variant(name)  # unknown names fail before any work
     layout = Layout(root)
-    data = load_prepared(layout)
+    data = load_prepared(layout, labels_only=("train",))  # the training split's labels name its MLflow dataset
     experiment_id = tracking.setup(root, config.mlflow.experiment_name) if track else None
     results: dict[str, dict[str, float]] = {}
     for number, name in enumerate(chosen, start=1):

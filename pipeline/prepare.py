@@ -15,6 +15,7 @@ way into the model, as Conv2D expects them (seeds 002 and 004).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,81 +30,99 @@ from pipeline.layout import Layout
 SPLIT_RULE = "blake2b content hash keyed by the params' seed"
 
 
-def hash_positions(images: np.ndarray, seed: int) -> np.ndarray:
-    """A number in [0, 1) per image from a keyed hash of its bytes: the same image, the same number."""
+def image_digests(images: np.ndarray, seed: int) -> np.ndarray:
+    """A keyed 8-byte blake2b hash of each image's bytes (uint64): the same image, the same number."""
     key = seed.to_bytes(8, "little", signed=False)
-    flat = np.ascontiguousarray(images.reshape(images.shape[0], -1))
+    flat = images.reshape(images.shape[0], -1)  # a view of a C-ordered (memory-mapped) array: no copy
     digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8, key=key).digest() for row in flat)
-    return np.frombuffer(digests, dtype="<u8").astype(np.float64) / 2.0**64
+    return np.frombuffer(digests, dtype="<u8")
 
 
-def assign_splits(images: np.ndarray, seed: int, val_fraction: float, test_fraction: float | None) -> np.ndarray:
-    """'train', 'val' or 'test' for each image (`test_fraction` None: the source has its own test split).
+def assign_splits(digests: np.ndarray, val_fraction: float, test_fraction: float | None) -> np.ndarray:
+    """'train', 'val' or 'test' for each image by its digest's position in [0, 1) (`test_fraction` None:
+    the source has its own test split).
 
     test: position < test_fraction; val: the next val_fraction of the rest; train: everything else.
     """
-    positions = hash_positions(images, seed)
+    positions = digests.astype(np.float64) / 2.0**64
     test_share = test_fraction or 0.0
-    splits = np.full(images.shape[0], "train", dtype="<U5")
+    splits = np.full(digests.shape[0], "train", dtype="<U5")
     splits[positions < test_share + (1 - test_share) * val_fraction] = "val"
     splits[positions < test_share] = "test"
     return splits
 
 
-def _image_keys(images: np.ndarray) -> np.ndarray:
-    """One hashable value per image: its raw bytes (exact duplicates compare equal)."""
-    flat = np.ascontiguousarray(images.reshape(images.shape[0], -1))
-    return flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
+@dataclass(frozen=True)
+class SplitImages:
+    """A split as rows of a raw array, with the digests of those rows' images."""
+
+    images: np.ndarray  # the raw array (memory-mapped), not a copy of the split
+    rows: np.ndarray
+    digests: np.ndarray  # image_digests(images)[rows]
 
 
-def cross_split_duplicates(splits: dict[str, np.ndarray]) -> dict[str, int]:
-    """Count images of each later split that also appear (byte-identical) in an earlier one."""
+def cross_split_duplicates(splits: dict[str, SplitImages]) -> dict[str, int]:
+    """Count images of each later split that also appear (byte-identical) in an earlier one.
+
+    Candidates are the images whose digest appears in the earlier split; each is then compared byte for
+    byte with the earlier images of the same digest, so a digest collision cannot count as a duplicate.
+    """
     counts: dict[str, int] = {}
     names = list(splits)
-    for later_index, later in enumerate(names):
-        for earlier in names[:later_index]:
-            shared = np.isin(_image_keys(splits[later]), _image_keys(splits[earlier]))
-            counts[f"{later}_in_{earlier}"] = int(shared.sum())
+    for later_index, later_name in enumerate(names):
+        later = splits[later_name]
+        for earlier_name in names[:later_index]:
+            earlier = splits[earlier_name]
+            candidates = np.flatnonzero(np.isin(later.digests, earlier.digests))
+            same_digest: dict[int, list[int]] = {}
+            for position in np.flatnonzero(np.isin(earlier.digests, later.digests[candidates])):
+                same_digest.setdefault(int(earlier.digests[position]), []).append(int(position))
+            counts[f"{later_name}_in_{earlier_name}"] = sum(
+                any(np.array_equal(later.images[later.rows[index]], earlier.images[earlier.rows[position]])
+                    for position in same_digest[int(later.digests[index])])
+                for index in candidates)
     return counts
 
 
-def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[PreparedData, dict[str, Any]]:
-    """Split by content hash; fail when more than `max_duplicate_fraction` of val+test
-    leaks from train (only a source's own test split can share images with train: equal images hash
-    alike and land in the same split).
+def split_rows(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[dict[str, np.ndarray], dict[str, str],
+                                                                              dict[str, Any]]:
+    """Split by content hash; fail when more than `max_duplicate_fraction` of val+test leaks from train
+    (only a source's own test split can share images with train: equal images hash alike and land in
+    the same split). No image is copied: the splits are rows of the raw arrays.
 
     Args:
-        raw: the ingested dataset.
+        raw: the ingested dataset (memory-mapped arrays are fine).
         config: the `prepare` block of params.yaml.
         seed: the key of the split hash.
 
     Returns:
-        The prepared splits (uint8, with the raw rows they were taken from) and a JSON-able report
-        (sizes, class counts, duplicates).
+        Each split's rows, the raw array ("train" or "test") each split's rows index, and a JSON-able
+        report (sizes, class counts, duplicates).
     """
     official_test = raw.x_test is not None and raw.y_test is not None
-    assigned = assign_splits(raw.x_train, seed, config.val_fraction, None if official_test else config.test_fraction)
+    digests = image_digests(raw.x_train, seed)
+    assigned = assign_splits(digests, config.val_fraction, None if official_test else config.test_fraction)
     rows = {name: np.flatnonzero(assigned == name) for name in SPLITS}
     sources = {"train": "train", "val": "train", "test": "train"}
-    x_train, y_train = raw.x_train[rows["train"]], raw.y_train[rows["train"]]
-    x_val, y_val = raw.x_train[rows["val"]], raw.y_train[rows["val"]]
+    splits = {name: SplitImages(raw.x_train, rows[name], digests[rows[name]]) for name in SPLITS}
+    labels = {name: np.asarray(raw.y_train[rows[name]], dtype=np.int64) for name in SPLITS}
     if official_test:
-        x_test, y_test = np.asarray(raw.x_test), np.asarray(raw.y_test)
-        rows["test"], sources["test"] = np.arange(len(y_test)), "test"
-    else:
-        x_test, y_test = raw.x_train[rows["test"]], raw.y_train[rows["test"]]
-    for name, labels in (("train", y_train), ("val", y_val), ("test", y_test)):
-        if labels.size == 0:
+        rows["test"], sources["test"] = np.arange(len(raw.y_test)), "test"
+        splits["test"] = SplitImages(raw.x_test, rows["test"], image_digests(raw.x_test, seed))
+        labels["test"] = np.asarray(raw.y_test, dtype=np.int64)
+    for name in SPLITS:
+        if labels[name].size == 0:
             key = "prepare.test_fraction" if name == "test" else "prepare.val_fraction"
             raise DataError(f"{raw.source}: the {name} split is empty ({raw.y_train.size} images); use more data "
                             f"or a larger {key}")
-    missing = [raw.class_names[index] for index in np.flatnonzero(np.bincount(y_train, minlength=len(
-        raw.class_names)) == 0)]
+    num_classes = len(raw.class_names)
+    missing = [raw.class_names[index] for index in np.flatnonzero(np.bincount(labels["train"], minlength=num_classes)
+                                                                  == 0)]
     if missing:
         raise DataError(f"{raw.source}: no training images of class(es) {missing} after the split; every class "
                         "needs images")
-    duplicates = cross_split_duplicates({"train": x_train, "val": x_val, "test": x_test})
-    held_out = y_val.size + y_test.size
+    duplicates = cross_split_duplicates(splits)
+    held_out = labels["val"].size + labels["test"].size
     leaked = duplicates["val_in_train"] + duplicates["test_in_train"] + duplicates["test_in_val"]
     leak_fraction = leaked / held_out
     if leak_fraction > config.max_duplicate_fraction:
@@ -112,23 +131,17 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
             f"an earlier split ({duplicates}); {leak_fraction:.2%} exceeds prepare.max_duplicate_fraction="
             f"{config.max_duplicate_fraction}. Deduplicate the data or raise the threshold."
         )
-    prepared = PreparedData(
-        x_train=x_train, y_train=y_train.astype(np.int64), x_val=x_val, y_val=y_val.astype(np.int64),
-        x_test=x_test, y_test=y_test.astype(np.int64), class_names=list(raw.class_names), rows=rows,
-        sources=sources,
-    )
     report = {
         "source": raw.source,
-        "input_shape": list(prepared.input_shape),
-        "num_classes": prepared.num_classes,
-        "class_names": prepared.class_names,
+        "input_shape": list(raw.x_train.shape[1:]),
+        "num_classes": num_classes,
+        "class_names": list(raw.class_names),
         "test_split": "official" if official_test else f"carved, test_fraction={config.test_fraction}",
         "split_rule": SPLIT_RULE,
-        "sizes": {name: int(prepared.split(name)[1].size) for name in SPLITS},
+        "sizes": {name: int(labels[name].size) for name in SPLITS},
         "per_class": {
             name: {class_name: int(count) for class_name, count in zip(
-                prepared.class_names, np.bincount(prepared.split(name)[1], minlength=prepared.num_classes),
-                strict=True)}
+                raw.class_names, np.bincount(labels[name], minlength=num_classes), strict=True)}
             for name in SPLITS
         },
         "duplicates": duplicates,
@@ -137,17 +150,35 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
     report["warnings"] = [f"class {name!r} has no {split} images ({report['sizes'][split]} in the split)"
                           for split in ("val", "test") for name, count in report["per_class"][split].items()
                           if count == 0]
-    return prepared, report
+    return rows, sources, report
 
 
-def write_prepare(prepared: PreparedData, report: dict[str, Any], layout: Layout, digest: str) -> None:
+def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[PreparedData, dict[str, Any]]:
+    """`split_rows`, with the splits' images gathered into memory (uint8): for code that fits in-process
+    (benchmarks, tests). The stage itself writes only the rows (`run_prepare`).
+
+    Returns:
+        The prepared splits (with the raw rows they were taken from) and the report.
+    """
+    rows, sources, report = split_rows(raw, config, seed)
+    raw_arrays = {"train": (raw.x_train, raw.y_train), "test": (raw.x_test, raw.y_test)}
+    arrays: dict[str, np.ndarray] = {}
+    for name in SPLITS:
+        images, labels = raw_arrays[sources[name]]
+        arrays[f"x_{name}"] = np.asarray(images[rows[name]])
+        arrays[f"y_{name}"] = np.asarray(labels[rows[name]], dtype=np.int64)
+    return PreparedData(**arrays, class_names=list(raw.class_names), rows=rows, sources=sources), report
+
+
+def write_prepare(rows: dict[str, np.ndarray], sources: dict[str, str], report: dict[str, Any], layout: Layout,
+                  digest: str) -> None:
     """The file edge of the stage: the splits' raw rows (`digest`: of the raw arrays they index), the split
     report and the class histogram."""
     from pipeline import plots
 
-    save_prepared(prepared, layout.prepared_dir, digest)
+    save_prepared(layout.prepared_dir, rows, sources, report["class_names"], report["input_shape"], digest)
     write_json(layout.prepare_report, report)
-    figure = plots.class_histogram_figure(report["per_class"], prepared.class_names)
+    figure = plots.class_histogram_figure(report["per_class"], report["class_names"])
     plots.save_figure(figure, layout.class_histogram_figure)
 
 
@@ -155,6 +186,6 @@ def run_prepare(config: PipelineConfig, root: Path) -> dict[str, Any]:
     """The whole `prepare` stage: data/raw/ -> data/prepared/ and reports/data/; return the report."""
     layout = Layout(root)
     raw = load_raw(layout.raw_dir)
-    prepared, report = prepare(raw, config.prepare, config.seed)
-    write_prepare(prepared, report, layout, raw_digest(raw))
+    rows, sources, report = split_rows(raw, config.prepare, config.seed)
+    write_prepare(rows, sources, report, layout, raw_digest(raw))
     return report

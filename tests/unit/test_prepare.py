@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import PrepareConfig
 from pipeline.dataset import normalise
-from pipeline.prepare import cross_split_duplicates, prepare
+from pipeline.prepare import SplitImages, cross_split_duplicates, image_digests, prepare, split_rows
 from pipeline.sources import DataError, RawDataset
 
 
@@ -90,10 +90,36 @@ def test_leakage_above_threshold_fails_and_is_counted() -> None:
         prepare(leaky, PrepareConfig(max_duplicate_fraction=0.01), seed=0)
 
 
+def _split(images: np.ndarray, digests: np.ndarray | None = None) -> SplitImages:
+    rows = np.arange(len(images))
+    return SplitImages(images, rows, image_digests(images, seed=0) if digests is None else digests)
+
+
 def test_duplicate_counting_is_exact() -> None:
     base = np.arange(5 * 4, dtype=np.uint8).reshape(5, 2, 2, 1)
     later = np.concatenate([base[:2], base[:1] + 100])
-    assert cross_split_duplicates({"train": base, "test": later}) == {"test_in_train": 2}
+    assert cross_split_duplicates({"train": _split(base), "test": _split(later)}) == {"test_in_train": 2}
+
+
+def test_a_digest_collision_is_not_counted_as_a_duplicate() -> None:
+    """Equal digests only make candidates; the bytes decide (forced collisions: every digest 7)."""
+    base = np.arange(5 * 4, dtype=np.uint8).reshape(5, 2, 2, 1)
+    later = np.concatenate([base[:1], base[:2] + 100])
+    collide = np.full(len(later), 7, dtype=np.uint64)
+    counted = cross_split_duplicates({"train": _split(base, np.full(5, 7, dtype=np.uint64)),
+                                      "test": _split(later, collide)})
+    assert counted == {"test_in_train": 1}
+
+
+def test_splits_are_rows_not_copies() -> None:
+    """The stage's split holds row numbers of the raw arrays; the gathered images are those rows."""
+    raw = dataset(400)
+    rows, sources, report = split_rows(raw, PrepareConfig(val_fraction=0.2, test_fraction=0.2), seed=1)
+    prepared, _ = prepare(raw, PrepareConfig(val_fraction=0.2, test_fraction=0.2), seed=1)
+    assert sorted(np.concatenate(list(rows.values())).tolist()) == list(range(400))  # each image in one split
+    for name in ("train", "val", "test"):
+        assert sources[name] == "train" and np.array_equal(prepared.split(name)[0], raw.x_train[rows[name]])
+        assert report["sizes"][name] == len(rows[name])
 
 
 def test_an_empty_split_is_explained() -> None:

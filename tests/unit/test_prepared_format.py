@@ -21,7 +21,7 @@ from pipeline.dataset import (
 )
 from pipeline.errors import DataError
 from pipeline.layout import Layout
-from pipeline.prepare import prepare
+from pipeline.prepare import prepare, split_rows
 from pipeline.train import _dataset
 
 
@@ -38,8 +38,8 @@ def write_project(root: Path, raw: RawDataset) -> Layout:
     """data/raw/ and data/prepared/ as the ingest and prepare stages write them."""
     layout = Layout(root)
     save_raw(raw, layout.raw_dir)
-    prepared, _ = prepare(raw, PrepareConfig(val_fraction=0.2, test_fraction=0.2), seed=3)
-    save_prepared(prepared, layout.prepared_dir, raw_digest(raw))
+    rows, sources, report = split_rows(raw, PrepareConfig(val_fraction=0.2, test_fraction=0.2), seed=3)
+    save_prepared(layout.prepared_dir, rows, sources, report["class_names"], report["input_shape"], raw_digest(raw))
     return layout
 
 
@@ -72,6 +72,14 @@ def test_tuning_loads_no_test_image(tmp_path: Path) -> None:
     assert loaded.x_test is None and loaded.y_test is None and loaded.x_train is not None
     with pytest.raises(DataError, match="the test split was not loaded"):
         loaded.split("test")
+
+
+def test_labels_only_splits_come_without_images(tmp_path: Path) -> None:
+    layout = write_project(tmp_path, raw_dataset(400))
+    loaded = load_prepared(layout, labels_only=("train",))
+    full = load_prepared(layout)
+    assert loaded.x_train is None and np.array_equal(loaded.y_train, full.y_train)
+    assert np.array_equal(loaded.x_test, full.x_test) and loaded.input_shape == (6, 6, 1)
 
 
 def test_prepared_rows_of_other_raw_data_are_refused(tmp_path: Path) -> None:
