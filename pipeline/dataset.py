@@ -7,8 +7,8 @@ stage that wrote the files (and DVC reruns it only when the format, not that sta
 The images are stored once, as uint8, in `data/raw/`; `data/prepared/` holds only each split's row
 numbers into those arrays (8 bytes per image). A reader memory-maps the raw arrays and gathers the rows
 of the splits it asks for into uint8 arrays, a quarter of float32. Normalisation to float32 [0, 1]
-happens on the way into the model, a batch or a chunk at a time (`normalise`, `normalised_chunks`; the
-training input pipeline: pipeline/train.py), never for a whole split.
+happens on the way into the model, a batch or a 64 MB chunk at a time (`normalise`,
+`normalised_chunks`; the training input pipeline: pipeline/train.py), never for a whole split.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pipeline.layout import Layout
 SPLITS = ("train", "val", "test")
 # The format of data/prepared/ (meta.json's "format"): 2 = row numbers into data/raw/ (1 was float32 copies).
 PREPARED_FORMAT = 2
-# Images normalised at once by `normalised_chunks` (28x28: 25 MB of float32).
-CHUNK_IMAGES = 8192
+# float32 bytes normalised at once by `normalised_chunks` (28x28: about 21,000 images; 64x64x3: 1,300).
+CHUNK_BYTES = 64 << 20
 # The part of a raw array `gather_rows` holds mapped at a time.
 GATHER_WINDOW_BYTES = 32 << 20
 
@@ -96,7 +96,8 @@ def normalise(images: np.ndarray) -> np.ndarray:
 def normalised_chunks(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """`images` normalised a chunk at a time, each chunk a whole number of `batch_size` batches (so a
     model's predictions over the chunks equal its predictions over the whole array)."""
-    step = batch_size * max(1, CHUNK_IMAGES // batch_size)
+    per_image = 4 * max(1, math.prod(images.shape[1:]))
+    step = batch_size * max(1, CHUNK_BYTES // per_image // batch_size)
     for start in range(0, len(images), step):
         yield normalise(np.asarray(images[start:start + step]))
 

@@ -163,12 +163,12 @@ def test_chunked_predictions_equal_one_call_on_the_normalised_split() -> None:
     whole = model.predict(normalise(images), batch_size=16, verbose=0)
     from pipeline import dataset
 
-    saved = dataset.CHUNK_IMAGES
-    dataset.CHUNK_IMAGES = 20  # chunks of 16 images (one batch), so 70 images take five chunks
+    saved = dataset.CHUNK_BYTES
+    dataset.CHUNK_BYTES = 20 * 36 * 4  # float32 of 20 images: chunks of 16 (one batch), so 70 take five
     try:
         chunked = model_outputs(model, images, 16)
     finally:
-        dataset.CHUNK_IMAGES = saved
+        dataset.CHUNK_BYTES = saved
     assert np.array_equal(chunked, whole)
 
 
