@@ -55,7 +55,6 @@ class PreparedData:
 
     A split's arrays are None when it was not loaded (`load_prepared(splits=...)`): tuning selects on
     the validation split and never has the test images in memory; registration reads only the test split.
-    `rows`: for each split, the rows of the raw array (`sources`: "train" or "test") it was taken from.
     """
 
     class_names: list[str]
@@ -65,8 +64,6 @@ class PreparedData:
     y_val: np.ndarray | None = None
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
-    rows: dict[str, np.ndarray] | None = None
-    sources: dict[str, str] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -282,7 +279,7 @@ def load_prepared(project: Layout | str | Path, splits: tuple[str, ...] = SPLITS
             evaluate stage needs the training split's labels only.
 
     Returns:
-        The splits asked for (the others None), class names, and each split's raw rows.
+        The splits asked for (the others None) and the class names.
     """
     if not splits or not set(splits) <= set(SPLITS):
         raise ValueError(f"splits must be some of {SPLITS}, got {splits}")
@@ -328,5 +325,4 @@ def load_prepared(project: Layout | str | Path, splits: tuple[str, ...] = SPLITS
                 raise DataError(f"{raw_path}: unreadable array ({error}); rerun the ingest stage "
                                 "(dvc repro -f ingest)") from None
             arrays[f"{kind}_{name}"] = gathered if kind == "x" else gathered.astype(np.int64)
-    return PreparedData(**arrays, class_names=list(meta["class_names"]), rows=rows,
-                        sources={name: meta["sources"][name] for name in splits})
+    return PreparedData(**arrays, class_names=list(meta["class_names"]))

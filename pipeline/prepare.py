@@ -158,7 +158,7 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
     (benchmarks, tests). The stage itself writes only the rows (`run_prepare`).
 
     Returns:
-        The prepared splits (with the raw rows they were taken from) and the report.
+        The prepared splits and the report.
     """
     rows, sources, report = split_rows(raw, config, seed)
     raw_arrays = {"train": (raw.x_train, raw.y_train), "test": (raw.x_test, raw.y_test)}
@@ -167,7 +167,7 @@ def prepare(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[Prepared
         images, labels = raw_arrays[sources[name]]
         arrays[f"x_{name}"] = np.asarray(images[rows[name]])
         arrays[f"y_{name}"] = np.asarray(labels[rows[name]], dtype=np.int64)
-    return PreparedData(**arrays, class_names=list(raw.class_names), rows=rows, sources=sources), report
+    return PreparedData(**arrays, class_names=list(raw.class_names)), report
 
 
 def write_prepare(rows: dict[str, np.ndarray], sources: dict[str, str], report: dict[str, Any], layout: Layout,
