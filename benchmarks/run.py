@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import repro, serving, throughput, tune
+from benchmarks import repro, scale, serving, throughput, tune
 from benchmarks.common import machine
 from benchmarks.seed_scripts import ARCHITECTURES
 
@@ -46,6 +46,9 @@ def main() -> None:
         sections += ["## Serving: `mlflow models serve` of the champion", "", serving.markdown(result), ""]
     previous = RESULTS.read_text() if RESULTS.is_file() else ""
     notes = previous.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in previous else "\n"
+    before_notes = previous.split(NOTES_MARKER, 1)[0]
+    if scale.SECTION in before_notes:  # `make bench-scale` writes its own section: kept, not measured here
+        sections += [scale.SECTION + before_notes.split(scale.SECTION, 1)[1].split("\n## ", 1)[0].rstrip("\n"), ""]
     text = "\n".join(sections) + "\n" + NOTES_MARKER + notes
     RESULTS.write_text(text)
     print(text)
