@@ -58,6 +58,7 @@ from typing import Any
 
 from benchmarks import scale_data
 from benchmarks.common import REPO, bench_env, default_params, load_average, machine, median, new_project, spread
+from benchmarks.throughput import bench_settings, pipeline_fit_seconds
 from benchmarks.throughput import markdown as throughput_markdown
 
 VARIANT = "three_conv"  # the smallest of the seed networks (93,322 parameters)
@@ -205,22 +206,17 @@ def fit_once(arm: str, project: Path, epochs: int) -> dict[str, Any]:
     """One fit in this process: the train stage's `fit_variant`, or a bare `model.fit` on arrays."""
     import numpy as np
 
-    from pipeline.checkpoint import WorkDir
     from pipeline.config import AugmentConfig, load_params
     from pipeline.dataset import normalise
     from pipeline.models import build_model
-    from pipeline.train import fit_variant, make_optimizer
+    from pipeline.train import make_optimizer
 
     config = load_params(project / "params.yaml")
     variant = config.variant(VARIANT)
-    settings = variant.train.model_copy(update={"epochs": epochs, "augment": AugmentConfig(),
-                                                "early_stopping_patience": epochs})
+    settings = bench_settings(variant, epochs)
     data = load_splits(project)
     if arm == "pipeline":
-        with tempfile.TemporaryDirectory() as scratch:
-            trained = fit_variant(variant.model_copy(update={"train": settings}), data,
-                                  WorkDir(Path(scratch), "bench"), verbose=0)
-        seconds = trained.run["train_seconds"]
+        seconds = pipeline_fit_seconds(variant, data, epochs)
     else:
         x_train, x_val = normalise(data.x_train), normalise(data.x_val)
         y_train, y_val = np.asarray(data.y_train), np.asarray(data.y_val)

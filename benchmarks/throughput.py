@@ -25,25 +25,38 @@ from benchmarks.common import REPO, bench_env, load_average, median, spread
 from benchmarks.seed_scripts import ARCHITECTURES, fit_seed_script
 
 
+def bench_settings(variant: Any, epochs: int) -> Any:
+    """The variant's train block for a throughput fit: `epochs` epochs, no augmentation, no early stop."""
+    from pipeline.config import AugmentConfig
+
+    return variant.train.model_copy(update={"epochs": epochs, "augment": AugmentConfig(),
+                                            "early_stopping_patience": epochs})
+
+
+def pipeline_fit_seconds(variant: Any, data: Any, epochs: int) -> float:
+    """The fit seconds of the train stage's `fit_variant` with `bench_settings`, in a scratch work dir."""
+    from pipeline.checkpoint import WorkDir
+    from pipeline.train import fit_variant
+
+    with tempfile.TemporaryDirectory() as scratch:
+        trained = fit_variant(variant.model_copy(update={"train": bench_settings(variant, epochs)}), data,
+                              WorkDir(Path(scratch), "bench"), verbose=0)
+    return trained.run["train_seconds"]
+
+
 def fit_once(arm: str, name: str, epochs: int) -> dict[str, Any]:
     """One fit in this process: the pipeline's (`fit_variant`, op determinism on) or the bare one."""
-    from pipeline.checkpoint import WorkDir
-    from pipeline.config import AugmentConfig, load_params
+    from pipeline.config import load_params
     from pipeline.dataset import normalise
     from pipeline.prepare import prepare
     from pipeline.sources import read_bundled
-    from pipeline.train import fit_variant
 
     config = load_params(REPO / "params.yaml")
     data, _ = prepare(read_bundled(), config.prepare, config.seed)
     variant = config.variant(name)
-    settings = variant.train.model_copy(update={"epochs": epochs, "augment": AugmentConfig(),
-                                                "early_stopping_patience": epochs})
+    settings = bench_settings(variant, epochs)
     if arm == "pipeline":
-        with tempfile.TemporaryDirectory() as scratch:
-            trained = fit_variant(variant.model_copy(update={"train": settings}), data,
-                                  WorkDir(Path(scratch), "bench"), verbose=0)
-        seconds = trained.run["train_seconds"]
+        seconds = pipeline_fit_seconds(variant, data, epochs)
     else:
         # The notebooks' way: the whole split normalised to float32 in memory before the clock starts (the
         # pipeline's stream normalises each batch inside its timed fit).

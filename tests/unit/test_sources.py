@@ -8,6 +8,7 @@ import time
 import tracemalloc
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,17 @@ def test_missing_idx_file(tmp_path: Path) -> None:
         read_idx(directory, None)
 
 
+def traced_peak(read: Callable[[], RawDataset]) -> tuple[RawDataset, int]:
+    """What `read` returns and the peak of the memory it allocated (tracemalloc: numpy's and pandas'
+    buffers too)."""
+    tracemalloc.start()
+    try:
+        dataset = read()
+        return dataset, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 # --------------------------------------------------------------------------- csv
 
 
@@ -153,12 +165,7 @@ def test_csv_is_parsed_in_chunks_into_one_uint8_array(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(sources, "CSV_CHUNK_ROWS", 256)
     path = write_csv(tmp_path / "digits.csv", rows=3000)  # 12 chunks, the last one short
-    tracemalloc.start()
-    try:
-        dataset = read_csv(path, 28, 28, 1, None)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    dataset, peak = traced_peak(lambda: read_csv(path, 28, 28, 1, None))
     rng = np.random.default_rng(1)
     expected = np.stack([rng.integers(0, 256, 784) for _ in range(3000)])  # write_csv's own draws
     assert dataset.x_train.shape == (3000, 28, 28, 1) and np.array_equal(dataset.x_train.reshape(3000, -1), expected)
@@ -374,12 +381,7 @@ def test_folder_holds_one_copy_of_the_images(tmp_path: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(digits.x_train[index, :, :, 0]).save(folder / f"{index:04d}.png")
     read_folder(make_folder(tmp_path / "warm-up"), 28, 28, 1, None)  # PIL's plug-ins imported outside the count
-    tracemalloc.start()
-    try:
-        dataset = read_folder(root, 28, 28, 1, None)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    dataset, peak = traced_peak(lambda: read_folder(root, 28, 28, 1, None))
     assert dataset.x_train.shape == (2000, 28, 28, 1)
     assert peak < 1.5 * dataset.x_train.nbytes + 100_000, f"peak {peak:,} for {dataset.x_train.nbytes:,} bytes"
 
