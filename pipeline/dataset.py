@@ -5,10 +5,11 @@ Stages exchange data only through these two formats, so a stage imports this mod
 stage that wrote the files (and DVC reruns it only when the format, not that stage's logic, changes).
 
 The images are stored once, as uint8, in `data/raw/`; `data/prepared/` holds only each split's row
-numbers into those arrays (8 bytes per image). A reader memory-maps the raw arrays and gathers the rows
-of the splits it asks for into uint8 arrays, a quarter of float32. Normalisation to float32 [0, 1]
-happens on the way into the model, a batch or a 64 MB chunk at a time (`normalise`,
-`normalised_chunks`; the training input pipeline: pipeline/train.py), never for a whole split.
+numbers into those arrays (8 bytes per image). A reader gets each split's images as `RawRows`: the
+split's rows of the raw array on disk, read when indexed (a batch, a 64 MB chunk, the few images of a
+picture), so no split is ever in memory whole and a data set larger than memory trains. Normalisation
+to float32 [0, 1] happens on the way into the model, a batch or a chunk at a time (`normalise`,
+`normalised_chunks`; the training input pipeline: pipeline/train.py).
 """
 
 from __future__ import annotations
@@ -49,20 +50,75 @@ class RawDataset:
     y_test: np.ndarray | None = None
 
 
+class RawRows:
+    """Some rows of a uint8 .npy array on disk, read when indexed: a split's images, never in memory whole.
+
+    Indexing reads what it asks for, as an ndarray: `rows_view[3]` one image, `rows_view[10:20]` or
+    `rows_view[[4, 1, 7]]` a batch in that order (through `gather_rows`: one 32 MB window of the file
+    mapped at a time). `np.asarray(rows_view)` reads every row (only for a split known to be small).
+    Shape, dtype and length are the split's, as an ndarray's would be.
+    """
+
+    def __init__(self, path: Path, rows: np.ndarray) -> None:
+        self.path = Path(path)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        shape, self.dtype, _ = npy_header(self.path)
+        self.shape: tuple[int, ...] = (len(self.rows), *shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return gather_rows(self.path, self.rows[[index]])[0]
+        return gather_rows(self.path, self.rows[index])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        array = self[:]
+        return array if dtype is None else array.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"RawRows({self.path}, {len(self.rows):,} rows of {self.shape[1:]} {self.dtype})"
+
+
+Images = np.ndarray | RawRows
+
+
+def image_chunks(images: Images, batch_size: int = 1, dtype_bytes: int = 4) -> Iterator[np.ndarray]:
+    """`images` a chunk at a time as ndarrays: each chunk a whole number of `batch_size` images and about
+    CHUNK_BYTES once its pixels take `dtype_bytes` each (4: float32)."""
+    per_image = dtype_bytes * max(1, math.prod(images.shape[1:]))
+    step = batch_size * max(1, CHUNK_BYTES // per_image // batch_size)
+    for start in range(0, len(images), step):
+        yield np.asarray(images[start:start + step])
+
+
 @dataclass(frozen=True)
 class PreparedData:
     """The splits: x_* uint8 (N, H, W, C) in [0, 255] (normalised on the way into a model), y_* int64.
+
+    From `load_prepared` the images are `RawRows` (read from data/raw when indexed); built in memory
+    (`prepare()`, tests) they are ndarrays. Code that reads them indexes them or goes through
+    `image_chunks`, and so works with both.
 
     A split's arrays are None when it was not loaded (`load_prepared(splits=...)`): tuning selects on
     the validation split and never has the test images in memory; registration reads only the test split.
     """
 
     class_names: list[str]
-    x_train: np.ndarray | None = None
+    x_train: Images | None = None
     y_train: np.ndarray | None = None
-    x_val: np.ndarray | None = None
+    x_val: Images | None = None
     y_val: np.ndarray | None = None
-    x_test: np.ndarray | None = None
+    x_test: Images | None = None
     y_test: np.ndarray | None = None
 
     @property
@@ -74,7 +130,7 @@ class PreparedData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def split(self, name: str) -> tuple[Images, np.ndarray]:
         images, labels = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
         if images is None or labels is None:
             raise DataError(f"the {name} split was not loaded (load_prepared(..., splits=...) left it out)")
@@ -90,16 +146,14 @@ def normalise(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / np.float32(255.0)
 
 
-def normalised_chunks(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+def normalised_chunks(images: Images, batch_size: int) -> Iterator[np.ndarray]:
     """`images` normalised a chunk at a time, each chunk a whole number of `batch_size` batches (so a
     model's predictions over the chunks equal its predictions over the whole array)."""
-    per_image = 4 * max(1, math.prod(images.shape[1:]))
-    step = batch_size * max(1, CHUNK_BYTES // per_image // batch_size)
-    for start in range(0, len(images), step):
-        yield normalise(np.asarray(images[start:start + step]))
+    for chunk in image_chunks(images, batch_size):
+        yield normalise(chunk)
 
 
-def model_outputs(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+def model_outputs(model: Any, images: Images, batch_size: int) -> np.ndarray:
     """A Keras model's outputs for uint8 `images`, normalised and predicted a chunk at a time."""
     outputs = [np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0))
                for chunk in normalised_chunks(images, batch_size)]
@@ -234,6 +288,17 @@ def save_prepared(directory: str | Path, rows: dict[str, np.ndarray], sources: d
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, dtype and data offset of a C-ordered .npy file of numbers."""
+    with path.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+        if not shape or fortran_order or dtype.hasobject:
+            raise ValueError(f"expected a C-ordered array of numbers, found shape {shape} {dtype}")
+        return shape, dtype, handle.tell()
+
+
 def gather_rows(path: Path, rows: np.ndarray) -> np.ndarray:
     """`rows` of the .npy array at `path`, read through a memory map one window of the file at a time.
 
@@ -242,13 +307,9 @@ def gather_rows(path: Path, rows: np.ndarray) -> np.ndarray:
     page of the file the rows touch (300,000 28x28 images, train and validation splits, 190 MB: a peak
     of 253 MB instead of 459 MB, in 0.7 s).
     """
+    shape, dtype, offset = npy_header(path)
+    rows = np.asarray(rows, dtype=np.int64)
     with path.open("rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(handle)
-        offset = handle.tell()
-        if not shape or fortran_order or dtype.hasobject:
-            raise ValueError(f"expected a C-ordered array of numbers, found shape {shape} {dtype}")
         result = np.empty((len(rows), *shape[1:]), dtype=dtype)
         if not len(rows):
             return result
@@ -269,7 +330,8 @@ def gather_rows(path: Path, rows: np.ndarray) -> np.ndarray:
 
 def load_prepared(project: Layout | str | Path, splits: tuple[str, ...] = SPLITS,
                   labels_only: tuple[str, ...] = ()) -> PreparedData:
-    """Read the prepared splits: their rows of the memory-mapped raw arrays, gathered as uint8.
+    """Read the prepared splits: each split's images as `RawRows` of the raw arrays (read when indexed),
+    its labels in memory.
 
     Args:
         project: the project's root or its Layout (data/prepared/ and the data/raw/ it indexes).
@@ -320,9 +382,10 @@ def load_prepared(project: Layout | str | Path, splits: tuple[str, ...] = SPLITS
                         rows[name].size and (rows[name].min() < 0 or rows[name].max() >= length)):
                     raise DataError(f"{path}: expected row numbers of {raw_path.name} (0..{length - 1}), found "
                                     f"{rows[name].dtype} {rows[name].shape}; {rerun}")
-                gathered = gather_rows(raw_path, rows[name])
+                loaded = RawRows(raw_path, rows[name]) if kind == "x" else \
+                    gather_rows(raw_path, rows[name]).astype(np.int64)
             except (OSError, ValueError, EOFError) as error:
                 raise DataError(f"{raw_path}: unreadable array ({error}); rerun the ingest stage "
                                 "(dvc repro -f ingest)") from None
-            arrays[f"{kind}_{name}"] = gathered if kind == "x" else gathered.astype(np.int64)
+            arrays[f"{kind}_{name}"] = loaded
     return PreparedData(**arrays, class_names=list(meta["class_names"]))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.config import PipelineConfig, Variant
-from pipeline.dataset import PreparedData, load_prepared
+from pipeline.dataset import PreparedData, image_chunks, load_prepared
 from pipeline.errors import ParamsError, StudyStorageError
 from pipeline.layout import Layout
 from pipeline.search_space import SearchSpace
@@ -123,8 +123,9 @@ def load_tuning_data(root: str | Path) -> PreparedData:
 def study_name(variant: Variant, space: SearchSpace, data: PreparedData) -> str:
     """`<variant>-<hash>` of the variant's settings, its search space and the train/val data."""
     digest = hashlib.sha256()
-    for array in (data.x_train, data.y_train, data.x_val, data.y_val):
-        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    for images, labels in (data.split("train"), data.split("val")):
+        for chunk in (*image_chunks(images, dtype_bytes=1), labels):  # the bytes of the split, a chunk at a time
+            digest.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
     key = {"settings": variant.params_hash(), "space": space.model_dump(mode="json"), "data": digest.hexdigest()}
     return f"{variant.name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
 

@@ -11,6 +11,7 @@ import pytest
 from pipeline.config import PrepareConfig, TrainConfig
 from pipeline.dataset import (
     RawDataset,
+    RawRows,
     gather_rows,
     load_prepared,
     model_outputs,
@@ -120,6 +121,53 @@ def test_gathered_rows_in_any_order_over_many_windows(tmp_path: Path, monkeypatc
     assert gather_rows(tmp_path / "x.npy", np.array([], dtype=np.int64)).shape == (0, 6, 6, 1)
 
 
+def test_raw_rows_read_what_they_are_indexed_with(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (50, 6, 6, 1), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    rows = np.array([40, 2, 17, 9, 33, 5])
+    view, split = RawRows(tmp_path / "x.npy", rows), images[rows]
+    assert (view.shape, view.dtype, view.ndim, len(view), view.nbytes) == \
+        (split.shape, split.dtype, 4, 6, split.nbytes)
+    for index in (0, -1, 3, slice(1, 4), slice(None, None, 2), [5, 0, 0], np.array([True, False] * 3)):
+        assert np.array_equal(view[index], split[index]), index
+    assert np.array_equal(np.asarray(view), split) and np.asarray(view, dtype=np.float32).dtype == np.float32
+
+
+LOAD_PEAK = """
+import sys
+import numpy as np
+from pipeline import dataset
+
+def peak():  # VmHWM: this process's own peak RSS (ru_maxrss starts at the parent's at fork)
+    line = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+before = peak()
+data = dataset.load_prepared(sys.argv[1])
+batch = data.x_train[np.arange(0, 256)]
+loaded = peak()
+whole = np.asarray(data.x_train)
+print(loaded - before, peak() - before, len(whole))
+"""
+
+
+def test_loading_the_splits_holds_none_of_their_images(tmp_path: Path) -> None:
+    """A process that loads the prepared splits of 80,000 28x28 images (63 MB) and reads one batch
+    grows by the labels and row numbers (measured 2.8 MB), not by a split's images; reading the
+    training split whole (the control, which can fail) grows by its 40 MB and more."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    raw = RawDataset(x_train=rng.integers(0, 256, (80_000, 28, 28, 1), dtype=np.uint8),
+                     y_train=np.arange(80_000, dtype=np.int64) % 3, class_names=["a", "b", "c"], source="generated")
+    write_project(tmp_path, raw)
+    loaded, whole, count = (int(value) for value in subprocess.run(
+        [sys.executable, "-c", LOAD_PEAK, str(tmp_path)], capture_output=True, text=True, check=True).stdout.split())
+    assert whole > loaded + count * 784 * 0.9, (loaded, whole)
+    assert loaded < 12e6, loaded
+
+
 GATHER_PEAK = """
 import sys
 import numpy as np
@@ -183,14 +231,19 @@ def _whole_array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int
     return list(batches.as_numpy_iterator())
 
 
-def test_the_stream_gives_the_batches_the_whole_array_pipeline_gave() -> None:
+def test_the_stream_gives_the_batches_the_whole_array_pipeline_gave(tmp_path: Path) -> None:
     """Shuffling row numbers draws the order shuffling the images drew: same batches, same models.
     From epoch 2 on too, as a run resumed after epoch 1 asks for them."""
     raw = raw_dataset(300)
+    np.save(tmp_path / "x.npy", raw.x_train)
+    from_disk = RawRows(tmp_path / "x.npy", np.arange(300))
     settings = TrainConfig(batch_size=32, epochs=3)
     for epochs in (range(0, 3), range(1, 3)):
         streamed = list(_dataset(raw.x_train, raw.y_train, settings, 3, seed=5, epochs=epochs).as_numpy_iterator())
         expected = _whole_array_batches(raw.x_train, raw.y_train, 32, 5, epochs)
+        assert all(np.array_equal(streamed_batch[0], batch[0]) for streamed_batch, batch in zip(
+            _dataset(from_disk, raw.y_train, settings, 3, seed=5, epochs=epochs).as_numpy_iterator(), streamed,
+            strict=True))  # the images as the stages get them: RawRows of data/raw
         assert len(streamed) == len(expected) == len(epochs) * 10
         for (images, labels), (want_images, want_labels) in zip(streamed, expected, strict=True):
             assert images.dtype == np.float32 and np.array_equal(images, want_images)
