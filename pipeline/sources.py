@@ -19,13 +19,14 @@ import socket
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import DataConfig
-from pipeline.dataset import RawDataset
+from pipeline.dataset import Images, ImageStore, RawDataset
 from pipeline.errors import DataError, SourceUnavailableError
 from pipeline.images import IMAGE_SUFFIXES, check_image_header, decode_image
 
@@ -46,6 +47,8 @@ CSV_CHUNK_ROWS = 4096
 MAX_PROBLEMS_SHOWN = 20
 # How often a folder source reports its progress while it checks and decodes the files.
 PROGRESS_SECONDS = 10.0
+# A folder source decoding onto disk hands the pages of its array back to the OS every this many images.
+WRITTEN_EVERY = 1024
 # What an IDX file is read in (a .gz file is decompressed twice: to measure its size, then into the array).
 IDX_CHUNK_BYTES = 1 << 24
 IDX_FILES = {
@@ -150,7 +153,8 @@ def _idx_size(path: Path) -> int:
     return total
 
 
-def read_idx_file(path: str | Path, expected_dims: int) -> np.ndarray:
+def read_idx_file(path: str | Path, expected_dims: int, store: ImageStore | None = None,
+                  name: str = "") -> np.ndarray:
     """Parse one IDX file (unsigned bytes), checking the magic number, dimensions and size.
 
     The content is read straight into the array once its size is known to match the header: reading
@@ -160,20 +164,28 @@ def read_idx_file(path: str | Path, expected_dims: int) -> np.ndarray:
     Args:
         path: the file, optionally gzip-compressed.
         expected_dims: 3 for images, 1 for labels.
+        store: given, the images are decoded into `store.empty(name, ...)` with a channel axis added
+            (N, H, W, 1), and the array returned is `store.sealed`'s (maybe a file's RawRows); without
+            it, a plain array of the header's shape.
+        name: the store's name for the array ("x_train").
 
     Returns:
-        A uint8 array with the dimensions the header declares.
+        A uint8 array with the dimensions the header declares (plus the channel axis, given a store).
     """
     path = Path(path)
     try:
-        return _read_idx_file(path, expected_dims)
+        if store is None:
+            return _read_idx_file(path, expected_dims, lambda shape: np.empty(shape, dtype=np.uint8), lambda _: None)
+        images = _read_idx_file(path, expected_dims, lambda shape: store.empty(name, (*shape, 1)), store.written)
+        return store.sealed(images)
     except PermissionError:
         raise  # read_source names the path and the fix
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot read ({error})") from None
 
 
-def _read_idx_file(path: Path, expected_dims: int) -> np.ndarray:
+def _read_idx_file(path: Path, expected_dims: int, allocate: Callable[[tuple[int, ...]], np.ndarray],
+                   written: Callable[[np.ndarray], None]) -> np.ndarray:
     size = _idx_size(path)
     with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
         if size < 4:
@@ -198,7 +210,7 @@ def _read_idx_file(path: Path, expected_dims: int) -> np.ndarray:
                 f"{path}: size {size} bytes does not match its header {shape}: expected "
                 f"{expected_size} bytes ({'truncated' if size < expected_size else 'trailing data'})"
             )
-        array = np.empty(shape, dtype=np.uint8)
+        array = allocate(shape)
         target = memoryview(array).cast("B")
         filled = 0
         while filled < len(target):
@@ -208,6 +220,7 @@ def _read_idx_file(path: Path, expected_dims: int) -> np.ndarray:
                 raise DataError(f"{path}: shorter than when its size was checked ({header_size + filled} bytes); "
                                 "was it changed while being read?")
             filled += count
+            written(array)
     return array
 
 
@@ -219,13 +232,15 @@ def _find_idx(directory: Path, stem: str) -> Path:
                     f"{', '.join(IDX_FILES.values())}")
 
 
-def read_idx(directory: str | Path, class_names: list[str] | None) -> RawDataset:
-    """The four standard IDX files, as distributed for MNIST and Fashion-MNIST."""
+def read_idx(directory: str | Path, class_names: list[str] | None, store: ImageStore | None = None) -> RawDataset:
+    """The four standard IDX files, as distributed for MNIST and Fashion-MNIST (images decoded into `store`)."""
     directory = Path(directory)
+    store = store or ImageStore()
     if not directory.is_dir():
         raise DataError(f"data.path {directory} is not a directory of IDX files")
     paths = {key: _find_idx(directory, stem) for key, stem in IDX_FILES.items()}
-    arrays = {key: read_idx_file(path, expected_dims=3 if key.startswith("x") else 1) for key, path in paths.items()}
+    arrays = {key: read_idx_file(path, expected_dims=1) if key.startswith("y") else
+              read_idx_file(path, expected_dims=3, store=store, name=key) for key, path in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if images.shape[0] != labels.shape[0]:
@@ -238,8 +253,8 @@ def read_idx(directory: str | Path, class_names: list[str] | None) -> RawDataset
                         f"in {paths['x_train'].name} are {arrays['x_train'].shape[1:]}; they must match")
     num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
     return RawDataset(
-        x_train=arrays["x_train"][..., np.newaxis], y_train=arrays["y_train"].astype(np.int64),
-        x_test=arrays["x_test"][..., np.newaxis], y_test=arrays["y_test"].astype(np.int64),
+        x_train=arrays["x_train"], y_train=arrays["y_train"].astype(np.int64),
+        x_test=arrays["x_test"], y_test=arrays["y_test"].astype(np.int64),
         class_names=class_names or [str(index) for index in range(num_classes)],
         source=f"idx: {directory}",
     )
@@ -283,9 +298,11 @@ def csv_first_line(path: Path, height: int, width: int, channels: int) -> str:
 
 
 def read_csv(path: str | Path, height: int, width: int, channels: int,
-             class_names: list[str] | None) -> RawDataset:
-    """`label, pixel0, ..., pixelN` rows (Kaggle digit-recognizer layout), header optional."""
+             class_names: list[str] | None, store: ImageStore | None = None) -> RawDataset:
+    """`label, pixel0, ..., pixelN` rows (Kaggle digit-recognizer layout), header optional; the images
+    decoded into `store` (default: in memory)."""
     path = Path(path)
+    store = store or ImageStore()
     if not path.is_file():
         raise DataError(f"data.path {path} is not a CSV file")
     first_line = csv_first_line(path, height, width, channels)
@@ -295,7 +312,8 @@ def read_csv(path: str | Path, height: int, width: int, channels: int,
     # of the table peaked at 34 times the uint8 images (tracemalloc, 20,000 rows).
     rows = max(0, _count_lines(path) - has_header)
     labels = np.zeros(rows, dtype=np.int64)
-    pixels = np.zeros((rows, height * width * channels), dtype=np.uint8)
+    images = store.empty("x_train", (rows, height, width, channels))
+    pixels = images.reshape(rows, height * width * channels)  # a view: one row of pixels per image
     filled = 0
     try:
         for table in pd.read_csv(path, header=0 if has_header else None, chunksize=CSV_CHUNK_ROWS):
@@ -305,12 +323,14 @@ def read_csv(path: str | Path, height: int, width: int, channels: int,
             end = filled + len(chunk_labels)
             labels[filled:end], pixels[filled:end] = chunk_labels, chunk_pixels
             filled = end
+            store.written(images)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not a readable CSV of labels and pixels ({str(error).strip()})") from None
-    labels, pixels = labels[:filled], pixels[:filled]  # blank lines are lines, not rows
+    del pixels
+    labels = labels[:filled]  # blank lines are lines, not rows
     num_classes = int(labels.max()) + 1 if labels.size else 0
     return RawDataset(
-        x_train=pixels.reshape(-1, height, width, channels),
+        x_train=store.sealed(images, filled),
         y_train=labels,
         class_names=class_names or [str(index) for index in range(num_classes)],
         source=f"csv: {path}",
@@ -411,8 +431,9 @@ def _header_problem(path: str, height: int, width: int) -> str | None:
 
 
 def _read_class_folders(splits: dict[str, Path], height: int, width: int, channels: int,
-                        class_names: list[str], root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each split's images, decoded one at a time into one preallocated uint8 (N, H, W, C) array.
+                        class_names: list[str], root: Path, store: ImageStore) -> dict[str, tuple[Images, np.ndarray]]:
+    """Each split's images, decoded one at a time into one preallocated uint8 (N, H, W, C) array of
+    `store` (on disk, the pages are handed back every WRITTEN_EVERY images).
 
     Two passes, so that the peak memory is the array and not twice it (a list of decoded images, then
     `np.stack`): the first lists every file and checks its suffix and header (size, format; nothing is
@@ -429,19 +450,21 @@ def _read_class_folders(splits: dict[str, Path], height: int, width: int, channe
         if problem:
             problems[index] = problem
         progress.step(index + 1)
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    arrays: dict[str, tuple[Images, np.ndarray]] = {}
     progress = _Progress("decoded", len(files), root)
     offset = 0
     for split, (split_files, labels) in listed.items():
-        images = np.empty((len(split_files), height, width, channels), dtype=np.uint8)
+        images = store.empty(f"x_{split}", (len(split_files), height, width, channels))
         for position, path in enumerate(split_files):
             if offset + position not in problems:
                 try:
                     images[position] = decode_image(path, height, width, channels)
                 except DataError as error:  # a header that passed over data that does not decode
                     problems[offset + position] = str(error)
+            if position % WRITTEN_EVERY == WRITTEN_EVERY - 1:
+                store.written(images)
             progress.step(offset + position + 1)
-        arrays[split] = images, labels
+        arrays[split] = store.sealed(images), labels
         offset += len(split_files)
     if problems:
         ordered = [problems[index] for index in sorted(problems)]
@@ -452,8 +475,9 @@ def _read_class_folders(splits: dict[str, Path], height: int, width: int, channe
 
 
 def read_folder(root: str | Path, height: int, width: int, channels: int,
-                class_names: list[str] | None) -> RawDataset:
-    """One sub-directory per class; optional `train/` and `test/` sub-directories."""
+                class_names: list[str] | None, store: ImageStore | None = None) -> RawDataset:
+    """One sub-directory per class; optional `train/` and `test/` sub-directories; the images decoded
+    into `store` (default: in memory)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.path {root} is not a directory of class folders")
@@ -467,7 +491,7 @@ def read_folder(root: str | Path, height: int, width: int, channels: int,
     if class_names and set(found) - set(class_names):
         raise DataError(f"{train_root}: folders {sorted(set(found) - set(class_names))} are not in data.class_names")
     arrays = _read_class_folders(split_roots if has_splits else {"train": root}, height, width, channels,
-                                 list(names), root)
+                                 list(names), root, store or ImageStore())
     x_train, y_train = arrays["train"]
     x_test, y_test = arrays["test"] if has_splits else (None, None)
     return RawDataset(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
@@ -477,14 +501,15 @@ def read_folder(root: str | Path, height: int, width: int, channels: int,
 # --------------------------------------------------------------------------- dispatch
 
 
-def read_source(config: DataConfig, path: Path | None) -> RawDataset:
-    """Read the source that `data.source` selects from `path` (the idx, csv and folder sources).
+def read_source(config: DataConfig, path: Path | None, store: ImageStore | None = None) -> RawDataset:
+    """Read the source that `data.source` selects from `path` (the idx, csv and folder sources), decoding
+    the idx, csv and folder sources' images into `store` (default: in memory).
 
     A file or folder this process may not read fails as a DataError naming it (a single unreadable
     image is reported with the other unusable files of a folder source).
     """
     try:
-        return _read_source(config, path)
+        return _read_source(config, path, store or ImageStore())
     except PermissionError as error:
         where = unreadable_part(Path(error.filename)) if error.filename else config.path
         raise DataError(f"{where}: permission denied; the user running the pipeline must be able to read it "
@@ -504,18 +529,18 @@ def unreadable_part(path: Path) -> Path:
     return path
 
 
-def _read_source(config: DataConfig, path: Path | None) -> RawDataset:
+def _read_source(config: DataConfig, path: Path | None, store: ImageStore) -> RawDataset:
     shape = (config.image_height, config.image_width, config.channels)
     if config.source == "bundled":
         return read_bundled()
     if config.source == "keras":
         dataset = read_keras(config.keras_dataset, config.download_timeout_seconds)
     elif config.source == "idx":
-        dataset = read_idx(path, config.class_names)
+        dataset = read_idx(path, config.class_names, store)
     elif config.source == "csv":
-        dataset = read_csv(path, *shape, config.class_names)
+        dataset = read_csv(path, *shape, config.class_names, store)
     else:
-        dataset = read_folder(path, *shape, config.class_names)
+        dataset = read_folder(path, *shape, config.class_names, store)
     if dataset.x_train.shape[1:] != shape:
         # Name the file that holds the images (csv: data.path is the file; folder images are checked
         # one by one while reading).

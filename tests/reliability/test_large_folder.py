@@ -6,6 +6,7 @@ data/raw stays byte-identical.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -113,5 +114,42 @@ def test_no_room_for_the_new_raw_data_fails_before_writing(digits_project: tuple
     assert message.startswith(f"{project / 'data'}: ingest needs {describe_bytes(needed)} free")
     assert f"only {describe_bytes(needed - 1)} is available" in message
     assert f"({IMAGES:,} images of 28x28x1 uint8, plus DVC's cache copy)" in message
+    assert {name: tree(project / name) for name in ("data/raw", "reports/data")} == before
+    assert not leftovers(project)
+
+
+def test_the_stage_decodes_the_folder_into_data_raw_as_np_save_wrote_it(
+        digits_project: tuple[Path, list[str]]) -> None:
+    """run_ingest decodes into the new data/raw on disk (an ImageStore); the files are those that
+    decoding into memory and np.save gave, and nothing else is left beside them."""
+    from pipeline.sources import read_folder
+
+    project, _ = digits_project
+    in_memory = read_folder(project / FOLDER, 28, 28, 1, None)
+    np.save(project / "expected.npy", in_memory.x_train)
+    raw = project / "data" / "raw"
+    assert (raw / "x_train.npy").read_bytes() == (project / "expected.npy").read_bytes()
+    assert sorted(path.name for path in raw.iterdir()) == ["meta.json", "x_train.npy", "y_train.npy"]
+    assert not leftovers(project)
+
+
+def test_no_room_is_found_before_any_image_is_decoded(digits_project: tuple[Path, list[str]],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage checks the space for each decoded array before decoding into it. A full disk cannot be
+    made for real without root mounts: shutil.disk_usage is patched to report 100 KB free, less than the
+    250 images' 196 KB; decode_image is wrapped only to count its calls."""
+    from pipeline import sources
+    from pipeline.ingest import run_ingest
+
+    project, _ = digits_project
+    before = {name: tree(project / name) for name in ("data/raw", "reports/data")}
+    real_usage, real_decode = shutil.disk_usage, sources.decode_image
+    decoded: list[str] = []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=100_000))
+    monkeypatch.setattr(sources, "decode_image", lambda path, *args: decoded.append(path) or real_decode(path, *args))
+    with pytest.raises(StorageError, match=re.escape(f"({IMAGES:,} images of 28x28x1 uint8, plus DVC's cache "
+                                                     f"copy), but only {describe_bytes(100_000)} is available")):
+        run_ingest(load_params(project / "params.yaml"), project)
+    assert decoded == []
     assert {name: tree(project / name) for name in ("data/raw", "reports/data")} == before
     assert not leftovers(project)
