@@ -93,10 +93,10 @@ class RawRows:
 Images = np.ndarray | RawRows
 
 
-def image_chunks(images: Images, batch_size: int = 1, dtype_bytes: int = 4) -> Iterator[np.ndarray]:
-    """`images` a chunk at a time as ndarrays: each chunk a whole number of `batch_size` images and about
-    CHUNK_BYTES once its pixels take `dtype_bytes` each (4: float32)."""
-    per_image = dtype_bytes * max(1, math.prod(images.shape[1:]))
+def image_chunks(images: Images, batch_size: int = 1) -> Iterator[np.ndarray]:
+    """`images` a chunk at a time as ndarrays: each chunk a whole number of `batch_size` images and
+    CHUNK_BYTES once normalised to float32 (a quarter of that as uint8: 16 MB)."""
+    per_image = 4 * max(1, math.prod(images.shape[1:]))
     step = batch_size * max(1, CHUNK_BYTES // per_image // batch_size)
     for start in range(0, len(images), step):
         yield np.asarray(images[start:start + step])
@@ -214,7 +214,7 @@ def raw_digest(dataset: RawDataset) -> str:
     for split, images, labels in splits_of(dataset):
         for array in (images, labels):
             digest.update(f"{split}:{array.dtype.str}:{tuple(array.shape)};".encode())
-            for chunk in image_chunks(array, dtype_bytes=1):
+            for chunk in image_chunks(array):
                 digest.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
     return digest.hexdigest()
 
@@ -325,8 +325,8 @@ def _read_meta(path: Path, rerun: str) -> dict:
 
 
 def load_raw(directory: str | Path) -> RawDataset:
-    """Read what `save_raw` wrote, memory-mapped, checked again: a damaged file fails here, named, not
-    deep in `prepare`."""
+    """Read what `save_raw` wrote, checked again (a damaged file fails here, named, not deep in
+    `prepare`): the labels in memory, the images as RawRows of their files."""
     directory = Path(directory)
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
@@ -354,7 +354,7 @@ def load_raw(directory: str | Path) -> RawDataset:
             if kind == "y" and array.size and (array.min() < 0 or array.max() >= len(class_names)):
                 raise DataError(f"{path}: labels must lie in 0..{len(class_names) - 1} ({len(class_names)} classes "
                                 f"in {meta_path.name}), found {array.min()}..{array.max()}; {rerun}")
-            arrays[f"{kind}_{split}"] = array
+            arrays[f"{kind}_{split}"] = RawRows(path, np.arange(len(array))) if kind == "x" else np.asarray(array)
     dataset = RawDataset(**arrays, class_names=class_names, source=source)
     try:
         validate_dataset(dataset)
@@ -399,6 +399,12 @@ def gather_rows(path: Path, rows: np.ndarray) -> np.ndarray:
     with path.open("rb") as handle:
         result = np.empty((len(rows), *shape[1:]), dtype=dtype)
         if not len(rows):
+            return result
+        if rows[0] >= 0 and rows[-1] < shape[0] and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+            # Consecutive rows (a chunk of a whole array): one read into the result, nothing mapped.
+            handle.seek(offset + int(rows[0]) * result[0].nbytes)
+            if handle.readinto(memoryview(result).cast("B")) != result.nbytes:
+                raise ValueError(f"shorter than its header declares ({shape})")
             return result
         order = np.argsort(rows, kind="stable")
         ascending = rows[order]

@@ -73,7 +73,7 @@ def subsample(dataset: RawDataset, max_images: int, seed: int) -> tuple[RawDatas
 def pixel_statistics(images: Images) -> dict[str, Any]:
     """Mean, min and max of uint8 images, read a chunk at a time."""
     total, low, high = 0, 255, 0
-    for chunk in image_chunks(images, dtype_bytes=1):
+    for chunk in image_chunks(images):
         total += int(chunk.sum(dtype=np.uint64))
         low, high = min(low, int(chunk.min(initial=255))), max(high, int(chunk.max(initial=0)))
     count = max(1, math.prod(images.shape))

@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import PipelineConfig, PrepareConfig
-from pipeline.dataset import SPLITS, PreparedData, RawDataset, load_raw, raw_digest, save_prepared
+from pipeline.dataset import (
+    SPLITS,
+    Images,
+    PreparedData,
+    RawDataset,
+    image_chunks,
+    load_raw,
+    raw_digest,
+    save_prepared,
+)
 from pipeline.errors import DataError
 from pipeline.io import write_json
 from pipeline.layout import Layout
@@ -30,11 +39,12 @@ from pipeline.layout import Layout
 SPLIT_RULE = "blake2b content hash keyed by the params' seed"
 
 
-def image_digests(images: np.ndarray, seed: int) -> np.ndarray:
-    """A keyed 8-byte blake2b hash of each image's bytes (uint64): the same image, the same number."""
+def image_digests(images: Images, seed: int) -> np.ndarray:
+    """A keyed 8-byte blake2b hash of each image's bytes (uint64): the same image, the same number.
+    The images are read a chunk at a time."""
     key = seed.to_bytes(8, "little", signed=False)
-    flat = images.reshape(images.shape[0], -1)  # a view of a C-ordered (memory-mapped) array: no copy
-    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8, key=key).digest() for row in flat)
+    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8, key=key).digest()
+                       for chunk in image_chunks(images) for row in chunk.reshape(len(chunk), -1))
     return np.frombuffer(digests, dtype="<u8")
 
 
@@ -56,7 +66,7 @@ def assign_splits(digests: np.ndarray, val_fraction: float, test_fraction: float
 class SplitImages:
     """A split as rows of a raw array, with the digests of those rows' images."""
 
-    images: np.ndarray  # the raw array (memory-mapped), not a copy of the split
+    images: Images  # the raw array (RawRows of its file), not a copy of the split
     rows: np.ndarray
     digests: np.ndarray  # image_digests(images)[rows]
 
@@ -91,7 +101,7 @@ def split_rows(raw: RawDataset, config: PrepareConfig, seed: int) -> tuple[dict[
     the same split). No image is copied: the splits are rows of the raw arrays.
 
     Args:
-        raw: the ingested dataset (memory-mapped arrays are fine).
+        raw: the ingested dataset (its images RawRows of data/raw or arrays).
         config: the `prepare` block of params.yaml.
         seed: the key of the split hash.
 

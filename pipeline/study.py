@@ -124,7 +124,7 @@ def study_name(variant: Variant, space: SearchSpace, data: PreparedData) -> str:
     """`<variant>-<hash>` of the variant's settings, its search space and the train/val data."""
     digest = hashlib.sha256()
     for images, labels in (data.split("train"), data.split("val")):
-        for chunk in (*image_chunks(images, dtype_bytes=1), labels):  # the bytes of the split, a chunk at a time
+        for chunk in (*image_chunks(images), labels):  # the bytes of the split, a chunk at a time
             digest.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
     key = {"settings": variant.params_hash(), "space": space.model_dump(mode="json"), "data": digest.hexdigest()}
     return f"{variant.name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"

@@ -119,6 +119,8 @@ def test_gathered_rows_in_any_order_over_many_windows(tmp_path: Path, monkeypatc
     assert np.array_equal(gather_rows(tmp_path / "x.npy", rows), images[rows])
     assert np.array_equal(gather_rows(tmp_path / "x.npy", np.array([3, 3, 499])), images[[3, 3, 499]])
     assert gather_rows(tmp_path / "x.npy", np.array([], dtype=np.int64)).shape == (0, 6, 6, 1)
+    assert np.array_equal(gather_rows(tmp_path / "x.npy", np.arange(100, 260)), images[100:260])  # one read
+    assert np.array_equal(gather_rows(tmp_path / "x.npy", np.arange(499, 500)), images[499:])
 
 
 def test_raw_rows_read_what_they_are_indexed_with(tmp_path: Path) -> None:
