@@ -78,6 +78,9 @@ class RawRows:
         return len(self.rows)
 
     def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, tuple):  # images[3, :, :, 0]: the rows first, then the rest as numpy indexes them
+            rows = self[index[0]]
+            return rows[index[1:]] if isinstance(index[0], (int, np.integer)) else rows[(slice(None), *index[1:])]
         if isinstance(index, (int, np.integer)):
             return gather_rows(self.path, self.rows[[index]])[0]
         return gather_rows(self.path, self.rows[index])
@@ -142,6 +145,7 @@ def normalise(images: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] -> float32 [0, 1]; always four dimensions (N, H, W, C)."""
     if images.dtype != np.uint8:
         raise DataError(f"expected uint8 images, got {images.dtype}")
+    images = np.asarray(images)  # RawRows: read them
     if images.ndim == 3:
         images = images[..., np.newaxis]
     return images.astype(np.float32) / np.float32(255.0)

@@ -130,7 +130,8 @@ def test_raw_rows_read_what_they_are_indexed_with(tmp_path: Path) -> None:
     view, split = RawRows(tmp_path / "x.npy", rows), images[rows]
     assert (view.shape, view.dtype, view.ndim, len(view), view.nbytes) == \
         (split.shape, split.dtype, 4, 6, split.nbytes)
-    for index in (0, -1, 3, slice(1, 4), slice(None, None, 2), [5, 0, 0], np.array([True, False] * 3)):
+    for index in (0, -1, 3, slice(1, 4), slice(None, None, 2), [5, 0, 0], np.array([True, False] * 3),
+                  (2, slice(None), 1, 0), (slice(1, 3), 0)):
         assert np.array_equal(view[index], split[index]), index
     assert np.array_equal(np.asarray(view), split) and np.asarray(view, dtype=np.float32).dtype == np.float32
 
