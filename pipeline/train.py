@@ -26,6 +26,9 @@ from pipeline.layout import Layout
 from pipeline.model_files import TrainedModel, load_trained, save_trained
 from pipeline.models import augmentation_layers, build_model
 
+# How often a long epoch reports its progress when Keras prints one line per epoch.
+PROGRESS_SECONDS = 30.0
+
 
 def _dataset(images: np.ndarray, labels: np.ndarray, settings: TrainConfig, num_classes: int,
              seed: int, epochs: range | None = None, distributed: bool = False) -> Any:
@@ -121,6 +124,27 @@ def _seed_augmentation_per_epoch(model: Any, seed: int) -> Any:
     return keras.callbacks.LambdaCallback(on_epoch_begin=reset)
 
 
+def _epoch_progress(name: str, steps_per_epoch: int, epochs: int, batch_size: int) -> Any:
+    """A callback printing `[train NAME] epoch 1/3: 4,000/11,719 batches, 3,050 images/s` to stderr every
+    PROGRESS_SECONDS of an epoch: with one line per epoch (verbose 2, no terminal) a long epoch says nothing."""
+    import keras
+
+    state = {"epoch": 0, "started": 0.0, "last": 0.0}
+
+    def begin(epoch: int, logs: Any = None) -> None:
+        state.update(epoch=epoch, started=time.perf_counter(), last=time.perf_counter())
+
+    def batch_end(batch: int, logs: Any = None) -> None:
+        now = time.perf_counter()
+        if now - state["last"] >= PROGRESS_SECONDS:
+            state["last"] = now
+            rate = (batch + 1) * batch_size / max(now - state["started"], 1e-9)
+            print(f"[train {name}] epoch {state['epoch'] + 1}/{epochs}: {batch + 1:,}/{steps_per_epoch:,} batches, "
+                  f"{rate:,.0f} images/s", file=sys.stderr, flush=True)
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_train_batch_end=batch_end)
+
+
 def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: int | str = "auto",
                 callbacks: Sequence[Any] = (), system_metrics: bool = False, strategy: Any = None) -> TrainedModel:
     """Build and fit one variant; resume from `work`'s backup if an earlier run was interrupted.
@@ -183,6 +207,8 @@ def fit_variant(variant: Variant, data: PreparedData, work: WorkDir, verbose: in
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
+    if verbose == 2:
+        all_callbacks.append(_epoch_progress(variant.name, steps_per_epoch, settings.epochs, settings.batch_size))
     started, started_ms = time.perf_counter(), int(time.time() * 1000)
     # One iterator over all epochs' batches (steps_per_epoch given): Keras does not restart it per epoch.
     with monitor.SystemMonitor(enabled=system_metrics) as sampler:

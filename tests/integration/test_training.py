@@ -52,6 +52,27 @@ def test_same_inputs_give_identical_weights(prepared_project: Path, tmp_path: Pa
     assert weights_digest(first.model) != weights_digest(other_seed.model)
 
 
+def test_long_epochs_report_progress_without_changing_the_fit(prepared_project: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """With one line per epoch (verbose 2, logs of DVC and Prefect), an epoch longer than
+    PROGRESS_SECONDS (here 0) prints its batches done and images/s; the weights are the silent fit's."""
+    from pipeline import train
+    from pipeline.checkpoint import WorkDir
+
+    config = load_params(prepared_project / "params.yaml")
+    data = load_prepared(prepared_project)
+    silent = fit(config, "three_conv", data, tmp_path / "silent")
+    monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)
+    capsys.readouterr()
+    reported = train.fit_variant(config.variant("three_conv"), data, WorkDir(tmp_path / "reported", "test"), verbose=2)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[train three_conv] epoch 1/")]
+    steps = int(np.ceil(len(data.y_train) / config.variant("three_conv").train.batch_size))
+    assert lines and lines[-1].split(": ")[1].startswith(f"{steps:,}/{steps:,} batches, ")
+    assert lines[-1].endswith(" images/s")
+    assert weights_digest(reported.model) == weights_digest(silent.model)
+
+
 def test_yaml_only_variant_builds_and_trains(prepared_project: Path, tmp_path: Path) -> None:
     params = tiny_params()
     params["models"]["my_variant"] = {"layers": [
