@@ -47,8 +47,9 @@ def main() -> None:
     previous = RESULTS.read_text() if RESULTS.is_file() else ""
     notes = previous.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in previous else "\n"
     before_notes = previous.split(NOTES_MARKER, 1)[0]
-    if scale.SECTION in before_notes:  # `make bench-scale` writes its own section: kept, not measured here
-        sections += [scale.SECTION + before_notes.split(scale.SECTION, 1)[1].split("\n## ", 1)[0].rstrip("\n"), ""]
+    for title in (scale.SECTION, scale.LIMITED_SECTION):  # `make bench-scale(-limited)` writes these: kept
+        if title + "\n" in before_notes:
+            sections += [title + before_notes.split(title + "\n", 1)[1].split("\n## ", 1)[0].rstrip("\n"), ""]
     text = "\n".join(sections) + "\n" + NOTES_MARKER + notes
     RESULTS.write_text(text)
     print(text)

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import scale_data
+from benchmarks.cgroup import CgroupError, MemoryGroup
 from benchmarks.common import REPO, bench_env, default_params, load_average, machine, median, new_project, spread
 from benchmarks.throughput import bench_settings, pipeline_fit_seconds
 from benchmarks.throughput import markdown as throughput_markdown
@@ -66,6 +67,7 @@ STAGES = ("ingest", "prepare", f"train@{VARIANT}", "evaluate")
 BASELINE = Path(__file__).with_name("scale_baseline.json")
 RESULTS = Path(__file__).with_name("results.md")
 SECTION = "## Scale (make bench-scale)"
+LIMITED_SECTION = "## Scale under a memory limit (make bench-scale-limited)"
 PEAK_RSS_GOAL_BYTES = 1.5e9
 THROUGHPUT_GOAL = 0.95
 BYTES_GOAL = 0.3
@@ -100,15 +102,19 @@ def _sample_tree(pid: int, stop: threading.Event, peaks: dict[str, int]) -> None
         peaks["tree"] = max(peaks.get("tree", 0), tree)
 
 
-def run_stage(project: Path, stage: str, log: Path) -> dict[str, Any]:
-    """`dvc repro <stage>`: wall seconds, peak RSS (wait4 and sampled), exit status, its error line."""
+def run_stage(project: Path, stage: str, log: Path, group: MemoryGroup | None = None) -> dict[str, Any]:
+    """`dvc repro <stage>`: wall seconds, peak RSS (wait4 and sampled), exit status, its error line; inside
+    `group` (a memory limit), also the group's peak (resident memory and page cache) and its OOM kills."""
     env = bench_env()
     env.pop("MLFLOW_TRACKING_URI", None)  # bench_env drops it already: the project's own SQLite store
     load = load_average()
+    if group is not None:
+        group.reset_peak()
+        kills_before = group.usage()["oom_kills"]
     with log.open("w") as output:
         started = time.perf_counter()
         process = subprocess.Popen(["dvc", "repro", stage], cwd=project, env=env, stdout=output,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, preexec_fn=group.join if group else None)
         peaks: dict[str, int] = {}
         stop = threading.Event()
         sampler = threading.Thread(target=_sample_tree, args=(process.pid, stop, peaks), daemon=True)
@@ -124,6 +130,10 @@ def run_stage(project: Path, stage: str, log: Path) -> dict[str, Any]:
               "peak_rss_bytes": usage.ru_maxrss * 1024, "sampled_stage_bytes": peaks.get("stage", 0),
               "sampled_tree_bytes": peaks.get("tree", 0), "load_1min": f"{load}-{load_average()}",
               "floor_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if group is not None:
+        usage = group.usage()
+        result["group"] = {"limit_bytes": usage["limit_bytes"], "peak_bytes": usage["peak_bytes"],
+                           "oom_kills": usage["oom_kills"] - kills_before, "swap_bytes": usage["swap_bytes"]}
     if not result["ok"]:
         result["error"] = error_line(log.read_text(errors="replace"))
     return result
@@ -155,7 +165,7 @@ def scale_params(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_dataset(spec: dict[str, Any], data_dir: Path, scratch: Path, seed: int,
-                    after_prepare: Any = None) -> dict[str, Any]:
+                    after_prepare: Any = None, group: MemoryGroup | None = None) -> dict[str, Any]:
     """Generate (or reuse) a data set, run the four stages on it in a fresh project copy, measure the disk.
 
     `after_prepare(project)` runs once prepare succeeded (the throughput measurement)."""
@@ -178,7 +188,7 @@ def measure_dataset(spec: dict[str, Any], data_dir: Path, scratch: Path, seed: i
         if result["stages"] and not result["stages"][-1]["ok"]:
             result["stages"].append({"stage": stage, "ok": False, "skipped": True})
             continue
-        outcome = run_stage(project, stage, scratch / f"{spec['name']}-{stage}.log")
+        outcome = run_stage(project, stage, scratch / f"{spec['name']}-{stage}.log", group)
         result["stages"].append(outcome)
         print(json.dumps({"data": spec["name"], **outcome}), flush=True)
         if stage == "prepare" and outcome["ok"] and after_prepare is not None:
@@ -289,6 +299,16 @@ def goals(result: dict[str, Any], baseline: dict[str, Any]) -> list[tuple[str, s
             ("" if train["ok"] else f" (failed: {train.get('error', 'skipped')})")
         rows.append((f"train-stage peak RSS at {largest['images']:,} images <= 1.5 GB", figure,
                      train["ok"] and train["peak_rss_bytes"] <= PEAK_RSS_GOAL_BYTES))
+    limit = result.get("memory_limit_bytes")
+    if limit:
+        for dataset in result["datasets"]:
+            ran = [entry for entry in dataset["stages"] if not entry.get("skipped")]
+            finished = all(entry["ok"] for entry in dataset["stages"])
+            kills = sum(entry.get("group", {}).get("oom_kills", 0) for entry in ran)
+            rows.append((f"{dataset['name']} ({dataset['disk']['raw'] / 1e9:.2f} GB of images): every stage "
+                         f"finishes within {limit / 1e9:.2f} GB", f"{len(ran)} of {len(dataset['stages'])} stages ran"
+                         f", {kills} OOM kills" + ("" if finished else f"; failed: {ran[-1].get('error', '')}"),
+                         finished and kills == 0))
     throughput = result.get("throughput") or {}
     if "ratio" in throughput:
         rows.append((f"throughput ratio at {throughput['train_images']:,} training images >= 0.95",
@@ -314,27 +334,36 @@ def megabytes(size: int) -> str:
 
 def markdown(result: dict[str, Any], baseline: dict[str, Any]) -> str:
     about = result["machine"]
+    limit = result.get("memory_limit_bytes")
     lines = ["| " + " | ".join(about) + " |", "|" + "---|" * len(about),
              "| " + " | ".join(str(value) for value in about.values()) + " |", "",
+             *([f"Every stage ran in a cgroup memory group limited to {limit / 1e9:.2f} GB (benchmarks/cgroup.py): "
+                "resident memory and page cache together; 'group peak' is the group's high-water mark of both "
+                "(memory.max_usage_in_bytes), 'OOM kills' the processes the kernel killed at the limit. The data "
+                "sets: " + ", ".join(f"{dataset['name']} {dataset['disk']['raw'] / 1e9:.2f} GB as uint8 "
+                                     f"({4 * dataset['disk']['raw'] / 1e9:.1f} GB as float32)"
+                                     for dataset in result["datasets"]) + ".", ""] if limit else []),
              f"Variant {VARIANT}, 1 epoch, one `dvc repro <stage>` process per stage in a fresh project copy; "
              f"{result['mode']} mode; took {result['minutes']:.1f} min. Peak RSS: `os.wait4` of the dvc process "
              "(ru_maxrss: the largest process of its tree, the stage's python); sampled: psutil every "
              "0.2 s, the stage's `python -m pipeline` process / the sum over the tree. MB = 10^6 bytes.", "",
              "| data | images | HxWxC | stage | seconds | peak RSS MB (wait4) | sampled stage / tree MB | load "
-             "| status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             + ("| group peak MB | OOM kills " if limit else "") + "| status |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if limit else "")]
     for dataset in result["datasets"]:
         shape = "x".join(str(value) for value in dataset["shape"])
         for entry in dataset["stages"]:
             if entry.get("skipped"):
                 lines.append(f"| {dataset['name']} | {dataset['images']:,} | {shape} | {entry['stage']} | | | | | "
-                             "skipped |")
+                             + ("| | " if limit else "") + "skipped |")
                 continue
             status = "ok" if entry["ok"] else f"**failed**: `{entry['error']}`"
             lines.append(f"| {dataset['name']} | {dataset['images']:,} | {shape} | {entry['stage']} | "
                          f"{entry['seconds']:.1f} | {megabytes(entry['peak_rss_bytes'])} | "
                          f"{megabytes(entry['sampled_stage_bytes'])} / {megabytes(entry['sampled_tree_bytes'])} | "
-                         f"{entry['load_1min']} | {status} |")
+                         f"{entry['load_1min']} | "
+                         + (f"{megabytes(entry['group']['peak_bytes'])} | {entry['group']['oom_kills']} | "
+                            if limit else "") + f"{status} |")
     lines += ["", "Disk after the last stage (bytes per image; the design reference: scale_baseline.json, the "
               "float32 design measured):", "",
               "| data | raw MB | prepared MB | cache MB | raw B/img | prepared B/img | cache B/img | "
@@ -361,12 +390,12 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(body: str) -> None:
+def write_section(body: str, title: str = SECTION) -> None:
     """Put the section into benchmarks/results.md: in place of an earlier one, else at the end."""
     text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    section = f"{SECTION}\n\n{body}\n"
-    if SECTION in text:
-        before, after = text.split(SECTION, 1)
+    section = f"{title}\n\n{body}\n"
+    if title + "\n" in text:
+        before, after = text.split(title + "\n", 1)
         rest = after.split("\n## ", 1)
         text = before + section + ("\n## " + rest[1] if len(rest) > 1 else "")
     else:
@@ -387,7 +416,8 @@ def write_baseline(result: dict[str, Any]) -> None:
     BASELINE.write_text(json.dumps(baseline, indent=2) + "\n")
 
 
-def measure(sizes: list[int], colour: int, data_dir: Path, epochs: int, rounds: int, seed: int) -> dict[str, Any]:
+def measure(sizes: list[int], colour: int, data_dir: Path, epochs: int, rounds: int, seed: int,
+            group: MemoryGroup | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     about = machine()
     specs = [{"name": f"idx-{size}", "kind": "idx", "images": size} for size in sizes]
@@ -396,8 +426,9 @@ def measure(sizes: list[int], colour: int, data_dir: Path, epochs: int, rounds: 
     datasets, throughput = [], None
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as scratch:
         for index, spec in enumerate(specs):
-            after_prepare = (lambda project: measure_throughput(project, epochs, rounds)) if index == 0 else None
-            datasets.append(measure_dataset(spec, data_dir, Path(scratch), seed, after_prepare))
+            after_prepare = (lambda project: measure_throughput(project, epochs, rounds)) \
+                if index == 0 and rounds else None
+            datasets.append(measure_dataset(spec, data_dir, Path(scratch), seed, after_prepare, group))
             throughput = throughput or datasets[-1].pop("extra")
             datasets[-1].pop("extra", None)
     about["load_1min"] = f"{about['load_1min']}-{load_average()}"
@@ -412,7 +443,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="6,000 and 12,000 images, 2,000 colour")
     parser.add_argument("--data-dir", type=Path, help="cache of the generated data (default: a temp dir)")
     parser.add_argument("--epochs", type=int, default=1, help="of each throughput fit")
-    parser.add_argument("--rounds", type=int, default=4, help="throughput rounds (pipeline and bare fit each)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="throughput rounds (pipeline and bare fit each); 0: no throughput measurement")
+    parser.add_argument("--memory-limit", type=float, metavar="BYTES",
+                        help="run every stage in a cgroup v1 memory group of this limit (root; see "
+                             f"benchmarks/cgroup.py) and write the section '{LIMITED_SECTION[3:]}' instead")
     parser.add_argument("--write-baseline", action="store_true", help=f"record the figures in {BASELINE.name}")
     parser.add_argument("--no-results", action="store_true", help="do not write benchmarks/results.md")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
@@ -427,17 +462,30 @@ def main() -> None:
         text = markdown(json.loads(arguments.render.read_text()),
                         json.loads(BASELINE.read_text()) if BASELINE.is_file() else {})
         if not arguments.no_results:
-            write_section(text)
+            write_section(text, LIMITED_SECTION if json.loads(arguments.render.read_text()).get("memory_limit_bytes")
+                          else SECTION)
         print(text)
         return
     sizes = [6_000, 12_000] if arguments.quick else [int(size) for size in arguments.sizes.split(",")]
     colour = 2_000 if arguments.quick else arguments.colour
     params_seed = default_params()["seed"]
-    with tempfile.TemporaryDirectory(prefix="bench-scale-data-") as default_dir:
-        data_dir = arguments.data_dir or Path(default_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        result = measure(sizes, colour, data_dir, arguments.epochs, arguments.rounds, params_seed)
-    result["mode"] = "quick" if arguments.quick else "full"
+    group = None
+    if arguments.memory_limit:
+        try:
+            group = MemoryGroup.create(arguments.memory_limit)
+        except CgroupError as error:
+            parser.error(str(error))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-data-") as default_dir:
+            data_dir = arguments.data_dir or Path(default_dir)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            result = measure(sizes, colour, data_dir, arguments.epochs, arguments.rounds, params_seed, group)
+    finally:
+        if group is not None:
+            group.remove()
+    result["mode"] = ("quick" if arguments.quick else "full") + \
+        (f", memory limit {group.limit_bytes / 1e9:.2f} GB" if group is not None else "")
+    result["memory_limit_bytes"] = group.limit_bytes if group is not None else None
     if arguments.out:
         arguments.out.write_text(json.dumps(result, indent=2))
     if arguments.write_baseline:
@@ -445,7 +493,7 @@ def main() -> None:
     baseline = json.loads(BASELINE.read_text()) if BASELINE.is_file() else {}
     text = markdown(result, baseline)
     if not arguments.no_results:
-        write_section(text)
+        write_section(text, LIMITED_SECTION if group is not None else SECTION)
     print(text)
 
 
