@@ -117,7 +117,10 @@ def test_gathered_rows_in_any_order_over_many_windows(tmp_path: Path, monkeypatc
     monkeypatch.setattr(dataset, "GATHER_WINDOW_BYTES", 36 * 7)  # seven images a window: 72 windows
     rows = np.random.default_rng(1).choice(500, size=300, replace=False)  # not sorted
     assert np.array_equal(gather_rows(tmp_path / "x.npy", rows), images[rows])
+    # Sparse rows (under dataset.SPARSE_ROWS of the bytes they span) are read with MADV_RANDOM.
     assert np.array_equal(gather_rows(tmp_path / "x.npy", np.array([3, 3, 499])), images[[3, 3, 499]])
+    sparse = np.sort(np.random.default_rng(2).choice(500, size=40, replace=False))
+    assert np.array_equal(gather_rows(tmp_path / "x.npy", sparse), images[sparse])
     assert gather_rows(tmp_path / "x.npy", np.array([], dtype=np.int64)).shape == (0, 6, 6, 1)
     assert np.array_equal(gather_rows(tmp_path / "x.npy", np.arange(100, 260)), images[100:260])  # one read
     assert np.array_equal(gather_rows(tmp_path / "x.npy", np.arange(499, 500)), images[499:])
