@@ -3,6 +3,8 @@ throughput, on data sets far larger than the bundled sample (issue 16).
 
     python -m benchmarks.scale [--sizes 60000,300000] [--colour 50000] [--quick] [--data-dir DIR]
     python -m benchmarks.scale --write-baseline     # record today's figures in benchmarks/scale_baseline.json
+    python -m benchmarks.scale --sizes 2000000 --colour 0 --rounds 0 --memory-limit 1.5e9
+                                                    # make bench-scale-limited: data larger than the limit
 
 Data (benchmarks/scale_data.py): shifted and rotated copies of the bundled 5,000 digits, generated
 offline, seeded, cached under --data-dir: 28x28x1 IDX files of each --sizes, and --colour 64x64x3 PNGs
@@ -25,6 +27,11 @@ measured: a child's ru_maxrss starts at its parent's peak RSS (Linux keeps the h
 memory it replaces at exec, and Python's subprocess forks with vfork), so this process never loads data
 itself (it generates in a subprocess, fits in workers): its own peak, the floor of every figure, is
 recorded with each stage (`floor_bytes`, about 0.05 GB).
+
+Memory limit (`--memory-limit`, benchmarks/cgroup.py): each stage's dvc process, and all it starts, in a
+cgroup v1 memory group of that many bytes, resident memory and page cache together: the group's peak
+(which reaches the limit whenever the data is larger, the page cache filling the rest) and the
+processes OOM-killed are recorded with the stage, in a section of results.md of its own.
 
 Disk: bytes of data/raw, data/prepared and .dvc/cache after the last stage (file sizes; DVC copies
 into its cache on this file system, so the workspace and the cache hold separate bytes), per image.
