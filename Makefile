@@ -55,7 +55,7 @@ bench: $(STAMP)  ## Measure speed (benchmarks/, figures go into the README)
 bench-scale: $(STAMP)  ## The pipeline on 60,000 and 300,000 images and 50,000 colour ones: time, memory, disk (~8 min)
 	$(BIN)/python -m benchmarks.scale
 
-bench-scale-limited: $(STAMP)  ## 2,000,000 images (1.6 GB) through every stage in a 1.5 GB memory group (root; ~25 min)
+bench-scale-limited: $(STAMP)  ## 2,000,000 images (1.6 GB) through every stage in a 1.5 GB memory group (root; ~15 min, 20 the first time)
 	$(BIN)/python -m benchmarks.scale --sizes 2000000 --colour 0 --rounds 0 --memory-limit 1.5e9
 
 demo-continuous: $(STAMP)  ## Continuous training, day by day, offline (demo-continuous/; about 6 minutes)

@@ -48,8 +48,9 @@ def main() -> None:
     notes = previous.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in previous else "\n"
     before_notes = previous.split(NOTES_MARKER, 1)[0]
     for title in (scale.SECTION, scale.LIMITED_SECTION):  # `make bench-scale(-limited)` writes these: kept
-        if title + "\n" in before_notes:
-            sections += [title + before_notes.split(title + "\n", 1)[1].split("\n## ", 1)[0].rstrip("\n"), ""]
+        parts = scale.split_section(before_notes, title)
+        if parts:
+            sections += [parts[1].rstrip("\n"), ""]
     text = "\n".join(sections) + "\n" + NOTES_MARKER + notes
     RESULTS.write_text(text)
     print(text)

@@ -397,16 +397,21 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def split_section(text: str, title: str) -> tuple[str, str, str] | None:
+    """(before, the section titled `title` up to the next "## " heading, after), or None if it is absent."""
+    if title + "\n" not in text:
+        return None
+    before, after = text.split(title + "\n", 1)
+    body, *rest = after.split("\n## ", 1)
+    return before, title + "\n" + body, "\n## " + rest[0] if rest else ""
+
+
 def write_section(body: str, title: str = SECTION) -> None:
     """Put the section into benchmarks/results.md: in place of an earlier one, else at the end."""
     text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
     section = f"{title}\n\n{body}\n"
-    if title + "\n" in text:
-        before, after = text.split(title + "\n", 1)
-        rest = after.split("\n## ", 1)
-        text = before + section + ("\n## " + rest[1] if len(rest) > 1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
+    parts = split_section(text, title)
+    text = parts[0] + section + parts[2] if parts else text.rstrip("\n") + "\n\n" + section
     RESULTS.write_text(text)
 
 
